@@ -1,0 +1,1 @@
+"""Small pure network definitions (parameters are plain pytrees)."""
