@@ -1,0 +1,132 @@
+"""Conjugate gradient against dense solves on systems with known answers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxctl import cg
+
+
+def spd_system(seed, n, cond):
+    """A random SPD matrix with condition number `cond` and b = A x_true."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eigs = np.geomspace(1.0, 1.0 / cond, n)
+    A = (Q * eigs) @ Q.T
+    x_true = rng.standard_normal(n)
+    return A, x_true, A @ x_true
+
+
+# One compiled solver shared by the property test (fixed shape, traced data).
+N = 12
+_TRACES = {"solve": 0}
+
+
+@jax.jit
+def solve_dense(A, b):
+    _TRACES["solve"] += 1
+    return cg(lambda v: A @ v, b, maxiter=200, tol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), log_cond=st.floats(0.0, 2.5))
+def test_matches_dense_solve_on_random_spd(seed, log_cond):
+    A, x_true, b = spd_system(seed, N, 10.0 ** log_cond)
+    res = solve_dense(jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32))
+    assert bool(res.converged) and not bool(res.breakdown)
+    assert int(res.num_steps) <= 200
+    scale = np.linalg.norm(x_true)
+    tol = 1e-4 * 10.0 ** log_cond  # float32 error grows with the condition number
+    assert np.linalg.norm(res.x - x_true) / scale < tol
+    assert np.linalg.norm(res.x - np.linalg.solve(A, b)) / scale < tol
+    # The reported residual is the true one (up to float32 recurrence drift).
+    true_res = np.linalg.norm(b - A @ np.asarray(res.x, np.float64))
+    assert abs(float(res.residual_norm) - true_res) < 1e-4 * np.linalg.norm(b)
+
+
+def test_second_call_does_not_recompile():
+    A, _, b = spd_system(1, N, 10.0)
+    solve_dense(jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32))
+    before = _TRACES["solve"]
+    solve_dense(jnp.asarray(2 * A, jnp.float32), jnp.asarray(b, jnp.float32))
+    assert _TRACES["solve"] == before
+
+
+def test_stops_at_maxiter_and_reports_stats():
+    A, _, b = spd_system(2, 30, 1e3)
+    res = cg(lambda v: A @ v, jnp.asarray(b, jnp.float32), maxiter=3)
+    assert int(res.num_steps) == 3
+    assert not bool(res.converged)
+    assert float(res.residual_norm) > 0
+    zero = cg(lambda v: A @ v, jnp.asarray(b, jnp.float32), maxiter=0)
+    assert int(zero.num_steps) == 0
+    np.testing.assert_array_equal(zero.x, 0.0)
+
+
+def test_breakdown_on_indefinite_operator_is_reported_not_nan():
+    res = cg(lambda v: -v, jnp.ones(4), maxiter=10)
+    assert bool(res.breakdown) and not bool(res.converged)
+    assert int(res.num_steps) == 0
+    np.testing.assert_array_equal(res.x, 0.0)
+    # Indefinite after one useful step: the first direction has positive curvature.
+    D = jnp.diag(jnp.array([1.0, -1.0]))
+    res = cg(lambda v: D @ v, jnp.array([1.0, 0.5]), maxiter=10)
+    assert bool(res.breakdown)
+    assert np.all(np.isfinite(res.x))
+
+
+def test_pytree_operator_and_warm_start():
+    A, x_true, b = spd_system(3, 6, 10.0)
+    A = jnp.asarray(A, jnp.float32)
+
+    def matvec(tree):
+        v = jnp.concatenate([tree["a"], tree["b"].ravel()])
+        Av = A @ v
+        return {"a": Av[:2], "b": Av[2:].reshape(2, 2)}
+
+    b_tree = {"a": jnp.asarray(b[:2], jnp.float32), "b": jnp.asarray(b[2:].reshape(2, 2), jnp.float32)}
+    res = cg(matvec, b_tree, maxiter=50, tol=1e-6)
+    np.testing.assert_allclose(res.x["a"], x_true[:2], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(res.x["b"].ravel(), x_true[2:], rtol=1e-3, atol=1e-4)
+    # Warm start at the answer: converged with no step.
+    warm = cg(matvec, b_tree, x0=res.x, maxiter=50, tol=1e-3)
+    assert int(warm.num_steps) == 0 and bool(warm.converged)
+
+
+def test_jacobi_preconditioner_cuts_iterations_on_badly_scaled_system():
+    rng = np.random.default_rng(4)
+    n = 40
+    d = np.geomspace(1.0, 1e4, n)
+    B = rng.standard_normal((n, n)) * 0.01
+    A = jnp.asarray(np.diag(d) + B @ B.T, jnp.float32)
+    b = jnp.asarray(rng.standard_normal(n), jnp.float32)
+    diag = jnp.diag(A)
+    plain = cg(lambda v: A @ v, b, maxiter=400, tol=1e-5)
+    pre = cg(lambda v: A @ v, b, maxiter=400, tol=1e-5, preconditioner=lambda r: r / diag)
+    assert bool(pre.converged)
+    assert int(pre.num_steps) < int(plain.num_steps) // 3
+    np.testing.assert_allclose(pre.x, np.linalg.solve(np.asarray(A, np.float64), b), rtol=1e-3, atol=1e-6)
+
+
+def test_vmap_over_right_hand_sides_and_refresh():
+    A, _, b = spd_system(5, 10, 50.0)
+    A = jnp.asarray(A, jnp.float32)
+    B = jnp.stack([jnp.asarray(b, jnp.float32), jnp.ones(10)])
+    res = jax.vmap(lambda bb: cg(lambda v: A @ v, bb, maxiter=100, tol=1e-6, refresh_every=4))(B)
+    expected = np.linalg.solve(np.asarray(A, np.float64), np.asarray(B, np.float64).T).T
+    np.testing.assert_allclose(res.x, expected, rtol=2e-3, atol=2e-4)
+    assert res.num_steps.shape == (2,)
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ValueError, match="maxiter"):
+        cg(lambda v: v, jnp.ones(3), maxiter=-1)
+    with pytest.raises(ValueError, match="x0"):
+        cg(lambda v: v, jnp.ones(3), x0=jnp.ones(4), maxiter=3)
+    with pytest.raises(ValueError, match="matvec"):
+        cg(lambda v: v[:2], jnp.ones(3), maxiter=3)
+    with pytest.raises(ValueError, match="refresh_every"):
+        cg(lambda v: v, jnp.ones(3), maxiter=3, refresh_every=0)
