@@ -218,9 +218,14 @@ def _eigenbasis_gram(G):
 
 
 def _eigenbasis_svd(G):
-    T, _ = G.shape
-    _, s, Vt = jnp.linalg.svd(G, full_matrices=False)
-    return Vt.T, s * s / T
+    T, P = G.shape
+    # LAPACK's divide-and-conquer SVD is faster on the tall orientation.
+    if T < P:
+        V, s, _ = jnp.linalg.svd(G.T, full_matrices=False)
+    else:
+        _, s, Vt = jnp.linalg.svd(G, full_matrices=False)
+        V = Vt.T
+    return V, s * s / T
 
 
 _EIGENBASIS = {"eigh": _eigenbasis_eigh, "gram": _eigenbasis_gram, "svd": _eigenbasis_svd}

@@ -1,0 +1,12 @@
+"""Curvature benchmark: `python benchmarks/curvature.py [--quick] [--single-thread] [--out DIR]`.
+
+The same program as `jaxctl bench` (see jaxctl/agents/bench.py for what it
+measures); kept here so every benchmark lives in benchmarks/.
+"""
+
+import sys
+
+from jaxctl.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,0 +1,35 @@
+"""`jaxctl bench --quick` end to end: runs, checks itself, writes its results."""
+
+import json
+import os
+
+from jaxctl.cli import build_parser, main
+
+
+def test_bench_quick_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["bench", "--quick", "--repeats", "1", "--loop-samples", "4",
+                 "--wide-T", "64", "--out", str(out)]) == 0
+    with open(out / "results.json") as f:
+        payload = json.load(f)
+    results = payload["results"]
+    assert payload["command"] == "bench" and payload["settings"]["quick"] is True
+    assert payload["environment"]["jax"]
+    (per_sample,) = results["per_sample_grads"]
+    assert per_sample["P"] == 1284 and per_sample["max_abs_error_vs_grad_loop"] < 1e-4
+    (step,) = results["npg_step"]
+    assert step["cosine_vs_float64"]["svd"] >= 0.999
+    assert all(ms > 0 for ms in step["ms"].values())
+    (wide,) = results["matrix_free"]
+    assert wide["relative_residual"] < 1.0 and wide["xla_temp_mb"] > 0
+    assert os.path.exists(out / "bench.md")
+    assert "Full normalized NPG step" in capsys.readouterr().out
+
+
+def test_help_documents_every_command():
+    parser = build_parser()
+    text = parser.format_help()
+    assert "bench" in text
+    sub = parser._subparsers._group_actions[0].choices["bench"].format_help()
+    for flag in ("--out", "--quick", "--single-thread", "--sizes", "--repeats"):
+        assert flag in sub
