@@ -1,0 +1,1 @@
+"""Environments and task definitions: plants, gymnax / gymnasium adapters, task rewards."""
