@@ -14,6 +14,7 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS = {
+    "npg": ("jaxctl.agents.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
     "bench": ("jaxctl.agents.bench", "curvature benchmark: per-sample gradients, NPG step, matrix-free CG"),
 }
 

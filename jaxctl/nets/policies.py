@@ -1,0 +1,243 @@
+"""Stochastic policies and value baselines as small pure MLPs.
+
+A policy is a `Policy` NamedTuple of pure functions built by a factory that
+closes over the (static) architecture, optax-style:
+
+- `init(key) -> params`
+- `log_prob(params, obs, action) -> scalar`, `log pi(a | s)` for ONE sample
+  (its gradient with respect to `params` is the score `d log pi / d theta`)
+- `sample(params, key, obs) -> action`
+- `mode(params, obs) -> action`, the most likely action (for evaluation)
+- `entropy(params, obs) -> scalar`
+
+Every function acts on one unbatched observation; batch with `jax.vmap`.
+
+Notation: `obs` has shape (obs_dim,); a discrete action is an int32 scalar
+in `[0, num_actions)`; a continuous action has shape (action_dim,).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxctl.nets.mlp import ACTIVATIONS, mlp_apply, mlp_init
+
+PyTree = Any
+
+
+class Policy(NamedTuple):
+    """Pure functions of a stochastic policy (see the module docstring)."""
+
+    init: Callable[[jax.Array], PyTree]
+    log_prob: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+    sample: Callable[[PyTree, jax.Array, jax.Array], jax.Array]
+    mode: Callable[[PyTree, jax.Array], jax.Array]
+    entropy: Callable[[PyTree, jax.Array], jax.Array]
+
+
+class ValueFunction(NamedTuple):
+    """Pure functions of a state-value baseline: `init(key)`, `apply(params, obs) -> scalar`."""
+
+    init: Callable[[jax.Array], PyTree]
+    apply: Callable[[PyTree, jax.Array], jax.Array]
+
+
+def _check_sizes(obs_dim: int, out_dim: int, hidden: Sequence[int], activation: str) -> tuple[int, ...]:
+    for name, value in (("obs_dim", obs_dim), ("out_dim", out_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    hidden = tuple(hidden)
+    if any((not isinstance(h, int)) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    return (obs_dim, *hidden, out_dim)
+
+
+def _check_obs(obs: jax.Array, obs_dim: int) -> None:
+    if jnp.shape(obs) != (obs_dim,):
+        raise ValueError(f"obs must have shape ({obs_dim},) (one unbatched observation; vmap "
+                         f"for batches), got {jnp.shape(obs)}")
+
+
+def categorical_policy(
+    obs_dim: int,
+    num_actions: int,
+    hidden: Sequence[int] = (),
+    *,
+    activation: str = "tanh",
+    output_scale: float = 0.01,
+) -> Policy:
+    """Softmax policy over `num_actions` discrete actions from an MLP's logits.
+
+    `pi(a | s) = softmax(f_theta(s))_a`; the score is
+    `d log pi(a|s) / d theta = d f_a / d theta - sum_b pi(b|s) d f_b / d theta`.
+    `hidden=()` is the seed's linear softmax policy (plus a bias).
+
+    Args:
+      obs_dim: observation size.
+      num_actions: number of discrete actions (>= 2).
+      hidden: hidden-layer widths of the logit MLP.
+      activation: hidden activation (see `jaxctl.nets.mlp.ACTIVATIONS`).
+      output_scale: scale of the last layer's initial weights; small values
+        start near the uniform policy.
+
+    Returns:
+      A `Policy`; actions are int32 scalars.
+
+    Example:
+      >>> pi = categorical_policy(4, 2, hidden=(32,))
+      >>> params = pi.init(jax.random.PRNGKey(0))
+      >>> a = pi.sample(params, jax.random.PRNGKey(1), jnp.zeros(4))
+      >>> float(pi.log_prob(params, jnp.zeros(4), a))  # ~ log(1/2)
+      -0.693...
+
+    References:
+      Williams (1992), "Simple statistical gradient-following algorithms for
+      connectionist reinforcement learning".
+    """
+    if not isinstance(num_actions, int) or num_actions < 2:
+        raise ValueError(f"num_actions must be an int >= 2, got {num_actions!r}")
+    sizes = _check_sizes(obs_dim, num_actions, hidden, activation)
+
+    def init(key):
+        return mlp_init(key, sizes, output_scale=output_scale)
+
+    def logits(params, obs):
+        _check_obs(obs, obs_dim)
+        return mlp_apply(params, obs, activation)
+
+    def log_prob(params, obs, action):
+        if jnp.ndim(action) != 0:
+            raise ValueError(f"action must be a scalar index, got shape {jnp.shape(action)}")
+        logp = jax.nn.log_softmax(logits(params, obs))
+        return jnp.take(logp, action.astype(jnp.int32))
+
+    def sample(params, key, obs):
+        return jax.random.categorical(key, logits(params, obs)).astype(jnp.int32)
+
+    def mode(params, obs):
+        return jnp.argmax(logits(params, obs)).astype(jnp.int32)
+
+    def entropy(params, obs):
+        logp = jax.nn.log_softmax(logits(params, obs))
+        return -jnp.sum(jnp.exp(logp) * logp)
+
+    return Policy(init, log_prob, sample, mode, entropy)
+
+
+def gaussian_policy(
+    obs_dim: int,
+    action_dim: int,
+    hidden: Sequence[int] = (32, 32),
+    *,
+    activation: str = "tanh",
+    output_scale: float = 0.01,
+    log_std_init: float = 0.0,
+    action_scale: float = 1.0,
+) -> Policy:
+    """Diagonal Gaussian policy: MLP mean, state-independent log standard deviation.
+
+    `pi(a | s) = N(a; action_scale * mu_theta(s), diag(exp(2 log_std)))`,
+    `log pi = -0.5 sum_i ((a_i - m_i) / sigma_i)^2 - sum_i log sigma_i
+    - (d / 2) log(2 pi)`. Parameters: `{"mean": mlp, "log_std": (action_dim,)}`
+    (the layout of Rajeswaran et al. 2017). Actions are not clipped here:
+    the environment clips, and the score is that of the unclipped sample.
+
+    Args:
+      obs_dim: observation size.
+      action_dim: action size.
+      hidden: hidden widths of the mean MLP.
+      activation: hidden activation.
+      output_scale: scale of the mean's last-layer initial weights.
+      log_std_init: initial log standard deviation (in units of
+        `action_scale`).
+      action_scale: multiplies the mean and the standard deviation, so the
+        network works in units of order one (e.g. the torque limit).
+
+    Returns:
+      A `Policy`; actions have shape (action_dim,).
+
+    Example:
+      >>> pi = gaussian_policy(3, 1, hidden=(32, 32))
+      >>> params = pi.init(jax.random.PRNGKey(0))
+      >>> pi.sample(params, jax.random.PRNGKey(1), jnp.zeros(3)).shape
+      (1,)
+
+    References:
+      Rajeswaran, Lowrey, Todorov & Kakade (2017), "Towards generalization and
+      simplicity in continuous control".
+    """
+    sizes = _check_sizes(obs_dim, action_dim, hidden, activation)
+    if not action_scale > 0:
+        raise ValueError(f"action_scale must be > 0, got {action_scale!r}")
+    log_scale = math.log(action_scale)
+
+    def init(key):
+        return {"mean": mlp_init(key, sizes, output_scale=output_scale),
+                "log_std": jnp.full((action_dim,), log_std_init, jnp.float32)}
+
+    def mean_std(params, obs):
+        _check_obs(obs, obs_dim)
+        mean = action_scale * mlp_apply(params["mean"], obs, activation)
+        log_std = params["log_std"] + log_scale
+        return mean, log_std
+
+    def log_prob(params, obs, action):
+        if jnp.shape(action) != (action_dim,):
+            raise ValueError(f"action must have shape ({action_dim},), got {jnp.shape(action)}")
+        mean, log_std = mean_std(params, obs)
+        z = (action - mean) * jnp.exp(-log_std)
+        return -0.5 * jnp.sum(z * z) - jnp.sum(log_std) - 0.5 * action_dim * math.log(2 * math.pi)
+
+    def sample(params, key, obs):
+        mean, log_std = mean_std(params, obs)
+        return mean + jnp.exp(log_std) * jax.random.normal(key, (action_dim,), mean.dtype)
+
+    def mode(params, obs):
+        return mean_std(params, obs)[0]
+
+    def entropy(params, obs):
+        _, log_std = mean_std(params, obs)
+        return jnp.sum(log_std) + 0.5 * action_dim * (1.0 + math.log(2 * math.pi))
+
+    return Policy(init, log_prob, sample, mode, entropy)
+
+
+def value_function(
+    obs_dim: int,
+    hidden: Sequence[int] = (10,),
+    *,
+    activation: str = "relu",
+) -> ValueFunction:
+    """State-value baseline `V_phi(s)`, an MLP with a scalar output.
+
+    The default (4-10-1, ReLU) is the seed's value network.
+
+    Args:
+      obs_dim: observation size.
+      hidden: hidden widths.
+      activation: hidden activation.
+
+    Returns:
+      A `ValueFunction(init, apply)`; `apply(params, obs)` is a scalar.
+
+    Example:
+      >>> vf = value_function(4)
+      >>> vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.zeros(4)).shape
+      ()
+    """
+    sizes = _check_sizes(obs_dim, 1, hidden, activation)
+
+    def init(key):
+        return mlp_init(key, sizes)
+
+    def apply(params, obs):
+        _check_obs(obs, obs_dim)
+        return mlp_apply(params, obs, activation)[0]
+
+    return ValueFunction(init, apply)

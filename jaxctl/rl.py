@@ -1,0 +1,270 @@
+"""Rollouts, returns and advantages for policy-gradient methods.
+
+Notation: a batch is T consecutive time steps of one environment; `obs[t]`
+is `s_t`, `actions[t]` is `a_t ~ pi(. | s_t)`, `rewards[t]` is `r_t`,
+`next_obs[t]` is `s_{t+1}` as the environment produced it (before any
+automatic reset). An episode ends at t when the next state is terminal
+(`terminated[t]`, no value after it), when it hits the time limit
+(`truncated[t]`, the value of `s_{t+1}` is bootstrapped), or at the end of
+the batch (`t = T - 1`, cut by the batch: also bootstrapped, or treated as
+terminal as the seed did).
+
+Environments follow gymnax's functional interface:
+`env.reset(key, params) -> (obs, state)` and
+`env.step(key, state, action, params) -> (obs, state, reward, terminated,
+truncated, info)` with automatic reset (gymnax >= 1.0; the older 5-tuple
+`(obs, state, reward, done, info)` is accepted as well).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+
+
+class Trajectory(NamedTuple):
+    """T time steps of interaction (leading axis T on every field).
+
+    Attributes:
+      obs: (T, *obs_shape) observations `s_t` the actions were taken in.
+      actions: (T, *action_shape) actions `a_t`.
+      rewards: (T,) float32 rewards `r_t`.
+      terminated: (T,) bool, `s_{t+1}` is terminal.
+      truncated: (T,) bool, the episode hit its time limit at t.
+      next_obs: (T, *obs_shape) `s_{t+1}` before any automatic reset (for
+        bootstrapping a truncated episode).
+    """
+
+    obs: jax.Array
+    actions: jax.Array
+    rewards: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    next_obs: jax.Array
+
+
+class EpisodeStats(NamedTuple):
+    """Undiscounted episode returns within one batch.
+
+    Attributes:
+      max_return: the largest return among the batch's episodes (the seed's
+        "max reward per batch"); the episode cut by the batch end counts with
+        the steps it got in the batch.
+      mean_return: mean return over the same episodes.
+      num_episodes: int32, episodes that ended in the batch (incl. the cut one).
+    """
+
+    max_return: jax.Array
+    mean_return: jax.Array
+    num_episodes: jax.Array
+
+
+def _step(env, key, state, action, env_params):
+    out = env.step(key, state, action, env_params)
+    if len(out) == 6:
+        obs, state, reward, terminated, truncated, info = out
+        final_obs = info.get("final_observation", obs) if isinstance(info, dict) else obs
+    elif len(out) == 5:  # gymnax < 1.0: done includes the time limit
+        obs, state, reward, done, info = out
+        discount = info.get("discount") if isinstance(info, dict) else None
+        terminated = done if discount is None else done & (discount == 0)
+        truncated = done & ~terminated
+        final_obs = info.get("final_observation", obs) if isinstance(info, dict) else obs
+    else:
+        raise ValueError(f"env.step must return 5 or 6 values (gymnax interface), got {len(out)}")
+    return obs, state, reward, terminated, truncated, final_obs
+
+
+def rollout(
+    env: Any,
+    env_params: Any,
+    act: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
+    params: PyTree,
+    key: jax.Array,
+    num_steps: int,
+    start: tuple[jax.Array, Any] | None = None,
+) -> tuple[Trajectory, tuple[jax.Array, Any]]:
+    """Runs a policy for `num_steps` steps in `lax.scan`, resetting at episode ends.
+
+    The environment resets itself when an episode terminates or hits its
+    time limit (gymnax auto-reset), so one batch holds as many episodes as fit
+    in `num_steps` steps, the last one cut by the batch end, as in the seed.
+
+    Args:
+      env: a gymnax-style environment (functional `reset` / `step`).
+      env_params: its parameters (e.g. `env.default_params`).
+      act: `act(params, key, obs) -> action` for ONE observation (e.g.
+        `Policy.sample`).
+      params: policy parameters.
+      key: PRNG key.
+      num_steps: T, a static positive int.
+      start: `(obs, env_state)` to continue from; by default the batch starts
+        from `env.reset`.
+
+    Returns:
+      `(trajectory, (obs, env_state))`: the `Trajectory` and where the batch
+      ended (pass it as `start` to continue).
+
+    Example:
+      >>> env, env_params = gymnax.make("CartPole-v1")
+      >>> pi = categorical_policy(4, 2)
+      >>> traj, _ = rollout(env, env_params, pi.sample, pi.init(k0), k1, 200)
+      >>> traj.rewards.shape
+      (200,)
+    """
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    key_reset, key_run = jax.random.split(key)
+    if start is None:
+        start = env.reset(key_reset, env_params)
+
+    def body(carry, step_key):
+        obs, state = carry
+        key_act, key_env = jax.random.split(step_key)
+        action = act(params, key_act, obs)
+        next_obs, next_state, reward, terminated, truncated, final_obs = _step(
+            env, key_env, state, action, env_params)
+        out = Trajectory(obs, action, jnp.asarray(reward, jnp.float32), jnp.asarray(terminated, bool),
+                         jnp.asarray(truncated, bool), final_obs)
+        return (next_obs, next_state), out
+
+    end, traj = lax.scan(body, start, jax.random.split(key_run, num_steps))
+    return traj, end
+
+
+def episode_ends(traj: Trajectory, *, cut_at_batch_end: bool = True) -> jax.Array:
+    """(T,) bool: an episode ends at t (terminal, time limit, or the batch end)."""
+    ends = traj.terminated | traj.truncated
+    if cut_at_batch_end:
+        ends = ends.at[-1].set(True)
+    return ends
+
+
+def _check_time_series(**arrays: jax.Array) -> int:
+    shapes = {name: jnp.shape(a) for name, a in arrays.items()}
+    first = next(iter(shapes.values()))
+    if len(first) != 1 or any(s != first for s in shapes.values()):
+        raise ValueError(f"expected arrays of one shared shape (T,), got {shapes}")
+    return first[0]
+
+
+def episode_stats(rewards: jax.Array, ends: jax.Array) -> EpisodeStats:
+    """Undiscounted returns of the episodes in one batch.
+
+    Args:
+      rewards: (T,) rewards.
+      ends: (T,) bool, an episode ends at t; set `ends[-1]` to count the
+        episode cut by the batch end (`episode_ends` does).
+
+    Returns:
+      An `EpisodeStats`; with no episode end, max and mean are 0.
+
+    Example:
+      >>> episode_stats(jnp.ones(5), jnp.array([0, 1, 0, 0, 1], bool)).max_return
+      Array(3., dtype=float32)
+    """
+    _check_time_series(rewards=rewards, ends=ends)
+
+    def body(running, x):
+        r, end = x
+        total = running + r
+        return jnp.where(end, 0.0, total), total
+
+    _, totals = lax.scan(body, jnp.zeros((), rewards.dtype), (rewards, ends))
+    n = jnp.sum(ends.astype(jnp.int32))
+    max_return = jnp.max(jnp.where(ends, totals, -jnp.inf))
+    mean_return = jnp.sum(jnp.where(ends, totals, 0.0)) / jnp.maximum(n, 1)
+    return EpisodeStats(jnp.where(n > 0, max_return, 0.0), mean_return, n)
+
+
+def gae(
+    rewards: jax.Array,
+    values: jax.Array,
+    next_values: jax.Array,
+    terminated: jax.Array,
+    ends: jax.Array,
+    gamma: float,
+    lam: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Generalized advantage estimates and lambda-returns.
+
+    `delta_t = r_t + gamma (1 - terminated_t) V(s_{t+1}) - V(s_t)`,
+    `A_t = delta_t + gamma lam (1 - end_t) A_{t+1}` (a reverse `lax.scan`),
+    and the value targets `R_t = A_t + V(s_t)`. With `lam = 1` the advantage
+    is the discounted Monte-Carlo return to the episode end (plus
+    `gamma^k V` of the state after a cut) minus `V(s_t)`, the seed's
+    estimator; `lam = 0` is the one-step TD error.
+
+    Args:
+      rewards: (T,) rewards.
+      values: (T,) `V(s_t)`.
+      next_values: (T,) `V(s_{t+1})`, the state after step t before any reset
+        (ignored where `terminated`).
+      terminated: (T,) bool, `s_{t+1}` is terminal (value 0).
+      ends: (T,) bool, the episode ends at t (terminal, time limit or batch
+        end); no advantage flows backwards across an end.
+      gamma: discount in [0, 1].
+      lam: GAE lambda in [0, 1].
+
+    Returns:
+      `(advantages, returns)`, both (T,).
+
+    Example:
+      >>> A, R = gae(jnp.ones(3), jnp.zeros(3), jnp.zeros(3),
+      ...            jnp.array([0, 0, 1], bool), jnp.array([0, 0, 1], bool), 0.5, 1.0)
+      >>> A
+      Array([1.75, 1.5 , 1.  ], dtype=float32)
+
+    References:
+      Schulman, Moritz, Levine, Jordan & Abbeel (2016), "High-dimensional
+      continuous control using generalized advantage estimation".
+    """
+    _check_time_series(rewards=rewards, values=values, next_values=next_values,
+                       terminated=terminated, ends=ends)
+    for name, value in (("gamma", gamma), ("lam", lam)):
+        if isinstance(value, (int, float)) and not 0 <= value <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    not_term = 1.0 - terminated.astype(rewards.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+    carry_on = gamma * lam * (1.0 - ends.astype(rewards.dtype))
+
+    def body(next_adv, x):
+        delta, c = x
+        adv = delta + c * next_adv
+        return adv, adv
+
+    _, adv = lax.scan(body, jnp.zeros((), rewards.dtype), (deltas, carry_on), reverse=True)
+    return adv, adv + values
+
+
+def score_gradient(scores: PyTree, advantages: jax.Array) -> PyTree:
+    """Policy gradient `g = 1/T sum_t score_t A_t` from per-sample scores.
+
+    Args:
+      scores: pytree whose leaves have a leading axis T (per-sample
+        `d log pi(a_t | s_t) / d theta`, e.g. from `jaxctl.per_sample_grads`).
+      advantages: (T,) advantages.
+
+    Returns:
+      A pytree shaped like one sample of `scores` (the parameters).
+
+    Example:
+      >>> score_gradient({"w": jnp.ones((4, 3))}, jnp.arange(4.0))["w"]
+      Array([1.5, 1.5, 1.5], dtype=float32)
+    """
+    if jnp.ndim(advantages) != 1:
+        raise ValueError(f"advantages must have shape (T,), got {jnp.shape(advantages)}")
+    T = advantages.shape[0]
+    leaves = jax.tree.leaves(scores)
+    bad = [jnp.shape(x) for x in leaves if jnp.ndim(x) < 1 or jnp.shape(x)[0] != T]
+    if not leaves or bad:
+        raise ValueError(f"scores must have a leading axis matching advantages' length T={T}, "
+                         f"got leaf shapes {[jnp.shape(x) for x in leaves]}")
+    return jax.tree.map(
+        lambda s: jnp.tensordot(advantages.astype(s.dtype), s, axes=1,
+                                precision=lax.Precision.HIGHEST) / T, scores)

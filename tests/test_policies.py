@@ -1,0 +1,82 @@
+"""Categorical and Gaussian policies and the value baseline (`jaxctl.nets.policies`).
+
+Oracles: numpy softmax / scipy.stats.norm, closed-form scores of the linear
+softmax policy, sample frequencies.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxctl.jacobians import per_sample_grads
+from jaxctl.nets.policies import categorical_policy, gaussian_policy, value_function
+
+
+def softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def test_categorical_log_prob_entropy_mode_against_numpy():
+    pi = categorical_policy(4, 3, (8,), output_scale=1.0)
+    params = pi.init(jax.random.PRNGKey(0))
+    obs = jnp.array([0.3, -1.0, 0.5, 2.0])
+    h = np.tanh(np.asarray(obs) @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"]))
+    p = softmax(h @ np.asarray(params[1]["w"]) + np.asarray(params[1]["b"]))
+    for a in range(3):
+        np.testing.assert_allclose(pi.log_prob(params, obs, jnp.int32(a)), np.log(p[a]), rtol=1e-5)
+    np.testing.assert_allclose(pi.entropy(params, obs), -(p * np.log(p)).sum(), rtol=1e-5)
+    assert int(pi.mode(params, obs)) == int(np.argmax(p))
+    keys = jax.random.split(jax.random.PRNGKey(1), 20000)
+    samples = np.asarray(jax.jit(jax.vmap(pi.sample, (None, 0, None)))(params, keys, obs))
+    freq = np.bincount(samples, minlength=3) / len(samples)
+    np.testing.assert_allclose(freq, p, atol=0.015)
+
+
+def test_linear_softmax_score_closed_form():
+    # d log pi(a|s) / dW = s (e_a - pi(s))^T, d/db = e_a - pi(s).
+    pi = categorical_policy(4, 2, (), output_scale=1.0)
+    params = pi.init(jax.random.PRNGKey(2))
+    obs = jax.random.normal(jax.random.PRNGKey(3), (5, 4))
+    actions = jnp.array([0, 1, 1, 0, 1], jnp.int32)
+    scores = per_sample_grads(pi.log_prob, params, obs, actions)
+    W, b = np.asarray(params[0]["w"]), np.asarray(params[0]["b"])
+    for t in range(5):
+        s = np.asarray(obs[t])
+        resid = np.eye(2)[int(actions[t])] - softmax(s @ W + b)
+        np.testing.assert_allclose(scores[0]["w"][t], np.outer(s, resid), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[0]["b"][t], resid, rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_log_prob_entropy_and_samples_against_scipy():
+    pi = gaussian_policy(3, 2, (8,), output_scale=1.0, log_std_init=-0.3, action_scale=2.0)
+    params = pi.init(jax.random.PRNGKey(4))
+    params = {**params, "log_std": jnp.array([-0.3, 0.2])}
+    obs = jnp.array([0.1, -0.4, 1.2])
+    mean = np.asarray(pi.mode(params, obs))
+    std = 2.0 * np.exp(np.array([-0.3, 0.2]))
+    a = jnp.array([0.5, -1.0])
+    np.testing.assert_allclose(pi.log_prob(params, obs, a),
+                               stats.norm.logpdf(np.asarray(a), mean, std).sum(), rtol=1e-5)
+    np.testing.assert_allclose(pi.entropy(params, obs), stats.norm.entropy(mean, std).sum(), rtol=1e-5)
+    keys = jax.random.split(jax.random.PRNGKey(5), 20000)
+    samples = np.asarray(jax.jit(jax.vmap(pi.sample, (None, 0, None)))(params, keys, obs))
+    np.testing.assert_allclose(samples.mean(0), mean, atol=0.05)
+    np.testing.assert_allclose(samples.std(0), std, rtol=0.03)
+
+
+def test_value_function_and_input_validation():
+    vf = value_function(4)
+    v = vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.ones(4))
+    assert v.shape == () and v.dtype == jnp.float32
+    with pytest.raises(ValueError, match="obs"):
+        vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.ones((2, 4)))
+    pi = categorical_policy(4, 2)
+    with pytest.raises(ValueError, match="action"):
+        pi.log_prob(pi.init(jax.random.PRNGKey(0)), jnp.ones(4), jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="num_actions"):
+        categorical_policy(4, 1)
+    with pytest.raises(ValueError, match="hidden"):
+        gaussian_policy(3, 1, hidden=(0,))
