@@ -16,6 +16,7 @@ import sys
 COMMANDS = {
     "npg": ("jaxctl.agents.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
     "bench": ("jaxctl.agents.bench", "curvature benchmark: per-sample gradients, NPG step, matrix-free CG"),
+    "mpc": ("jaxctl.agents.mbrl", "model-based RL: learned MLP dynamics + jitted MPC on Pendulum, HalfCheetah, Swimmer"),
 }
 
 

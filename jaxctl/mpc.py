@@ -1,0 +1,532 @@
+"""Sampling-based model-predictive control: random shooting, CEM and MPPI.
+
+Notation: `n` state size, `m` action size, `H` planning horizon, `K` number
+of sampled candidate action sequences. A model is a pure callable
+`dynamics(state (n,), action (m,)) -> next_state (n,)`, a task is a pure
+callable `reward(state (n,), action (m,), next_state (n,)) -> ()`. The return
+of an action sequence `U = (u_0, ..., u_{H-1})` from `x_0` is
+
+    R(U) = sum_t reward(x_t, u_t, x_{t+1}),   x_{t+1} = dynamics(x_t, u_t).
+
+Every planner is a pure function
+`planner(dynamics, reward, state, key, *, num_samples, horizon, action_low,
+action_high, init_actions=None, ...) -> PlanResult`: candidates are batched
+with `jax.vmap` (optionally in chunks with `lax.map(batch_size=)`), rollouts
+run in `lax.scan`, and a candidate whose predicted rollout or return is not
+finite scores `-inf`, so it is never selected. The returned `states`,
+`rewards` and `total_reward` are recomputed from the returned `actions`, so
+the fields always agree.
+
+Jitting: either close over everything static,
+`jax.jit(partial(random_shooting, dynamics, reward, num_samples=1000,
+horizon=10, action_low=lo, action_high=hi))`, or use `jit_planner`, which
+passes `dynamics` / `reward` as pytrees (`jax.tree_util.Partial`) so a model
+whose parameters change (a learned dynamics model after retraining) reuses
+the compiled planner.
+
+References:
+  Nagabandi, Kahn, Fearing, Levine (2018), "Neural network dynamics for
+  model-based deep reinforcement learning with model-free fine-tuning",
+  ICRA, https://arxiv.org/abs/1708.02596 (random shooting MPC).
+  Rubinstein (1999), "The cross-entropy method for combinatorial and
+  continuous optimization"; Chua et al. (2018), https://arxiv.org/abs/1805.12114 (CEM for MPC).
+  Williams, Aldrich, Theodorou (2017), "Model predictive path integral
+  control: from theory to parallel computing", JGCD,
+  https://doi.org/10.2514/1.G001921 (MPPI).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Dynamics = Callable[[jax.Array, jax.Array], jax.Array]
+Reward = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class PlanResult(NamedTuple):
+    """The plan returned by a planner; all fields describe the same action sequence.
+
+    Attributes:
+      actions: `(H, m)` the planned action sequence; execute `actions[0]`.
+      states: `(H + 1, n)` the states `dynamics` predicts for `actions` from
+        the start state (`states[0]` is the start state).
+      rewards: `(H,)` the predicted per-step rewards along `states`.
+      total_reward: `()` `sum(rewards)`, or `-inf` if the rollout is not finite.
+      num_finite: `()` int32, candidates of the last sampling round whose
+        predicted rollout was finite (0 means nothing usable was found).
+    """
+
+    actions: jax.Array
+    states: jax.Array
+    rewards: jax.Array
+    total_reward: jax.Array
+    num_finite: jax.Array
+
+
+def simulate(dynamics: Dynamics, state: jax.Array, actions: jax.Array) -> jax.Array:
+    """Open-loop states of an action sequence under `dynamics`.
+
+    `x_{t+1} = dynamics(x_t, u_t)` for `t = 0 .. H-1`, in one `lax.scan`.
+
+    Args:
+      dynamics: `dynamics(state (n,), action (m,)) -> (n,)`.
+      state: `(n,)` start state `x_0`.
+      actions: `(H, m)` action sequence.
+
+    Returns:
+      `(H + 1, n)` states `x_0 .. x_H`.
+
+    Example:
+      >>> simulate(lambda x, u: x + u, jnp.zeros(1), jnp.ones((3, 1)))[:, 0]
+      Array([0., 1., 2., 3.], dtype=float32)
+    """
+    def step(x, u):
+        x_next = dynamics(x, u)
+        return x_next, x_next
+
+    _, xs = lax.scan(step, state, actions)
+    return jnp.concatenate([state[None], xs], axis=0)
+
+
+def rollout(dynamics: Dynamics, reward: Reward, state: jax.Array,
+            actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Predicted states and per-step rewards of an action sequence.
+
+    `x_{t+1} = dynamics(x_t, u_t)`, `r_t = reward(x_t, u_t, x_{t+1})`.
+
+    Args:
+      dynamics: `dynamics(state (n,), action (m,)) -> (n,)`.
+      reward: `reward(state (n,), action (m,), next_state (n,)) -> ()`.
+      state: `(n,)` start state.
+      actions: `(H, m)` action sequence.
+
+    Returns:
+      `(states (H + 1, n), rewards (H,))`.
+
+    Example:
+      >>> xs, rs = rollout(lambda x, u: x + u, lambda x, u, y: -y @ y,
+      ...                  jnp.zeros(1), jnp.ones((2, 1)))
+      >>> rs
+      Array([-1., -4.], dtype=float32)
+    """
+    def step(x, u):
+        x_next = dynamics(x, u)
+        return x_next, (x_next, reward(x, u, x_next))
+
+    _, (xs, rs) = lax.scan(step, state, actions)
+    return jnp.concatenate([state[None], xs], axis=0), rs
+
+
+def shift_actions(actions: jax.Array, fill: jax.Array | float | None = None) -> jax.Array:
+    """The previous plan shifted one step forward, for warm-starting the next call.
+
+    `(u_1, ..., u_{H-1}, fill)`; `fill` defaults to repeating `u_{H-1}`.
+
+    Args:
+      actions: `(H, m)` the previous plan (its first action was executed).
+      fill: `(m,)` or scalar action appended at the end (e.g. the middle of
+        the action bounds); `None` repeats the last action.
+
+    Returns:
+      `(H, m)` shifted plan.
+
+    Example:
+      >>> shift_actions(jnp.arange(3.0)[:, None], 0.0)[:, 0]
+      Array([1., 2., 0.], dtype=float32)
+    """
+    last = actions[-1] if fill is None else jnp.broadcast_to(
+        jnp.asarray(fill, actions.dtype), actions.shape[1:])
+    return jnp.concatenate([actions[1:], last[None]], axis=0)
+
+
+# ---------------------------------------------------------------------------
+# Validation (runs at trace time: static shapes and configuration only).
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a Python int >= 1 (static configuration), got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _validate(dynamics, reward, state, num_samples, horizon, action_low, action_high,
+              init_actions, chunk_size):
+    num_samples = _check_positive_int("num_samples", num_samples)
+    horizon = _check_positive_int("horizon", horizon)
+    if chunk_size is not None:
+        chunk_size = _check_positive_int("chunk_size", chunk_size)
+    state = jnp.asarray(state)
+    if state.ndim != 1:
+        raise ValueError(f"state must have shape (n,) (one unbatched state; vmap for batches), "
+                         f"got {state.shape}")
+    if not jnp.issubdtype(state.dtype, jnp.floating):
+        state = state.astype(jnp.float32)
+    low = jnp.asarray(action_low, state.dtype)
+    high = jnp.asarray(action_high, state.dtype)
+    if low.ndim != 1 or high.shape != low.shape:
+        raise ValueError(f"action_low and action_high must both have shape (m,), got "
+                         f"{low.shape} and {high.shape}")
+    if _is_concrete(action_low) and _is_concrete(action_high):
+        lo, hi = np.asarray(action_low), np.asarray(action_high)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ValueError("action_low and action_high must be finite")
+        if np.any(lo > hi):
+            bad = np.nonzero(lo > hi)[0].tolist()
+            raise ValueError(f"action_low must be <= action_high elementwise; violated at "
+                             f"action indices {bad}: low={lo[bad].tolist()}, high={hi[bad].tolist()}")
+    m = low.shape[0]
+    if init_actions is not None:
+        init_actions = jnp.asarray(init_actions, state.dtype)
+        if init_actions.shape != (horizon, m):
+            raise ValueError(f"init_actions must have shape (horizon, m) = {(horizon, m)}, "
+                             f"got {init_actions.shape}")
+    action_spec = jax.ShapeDtypeStruct((m,), state.dtype)
+    try:
+        next_spec = jax.eval_shape(dynamics, state, action_spec)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"dynamics(state {state.shape}, action {(m,)}) failed: {err}") from err
+    if getattr(next_spec, "shape", None) != state.shape:
+        raise ValueError(f"dynamics(state, action) must return the next state with the shape of "
+                         f"state {state.shape}, got {getattr(next_spec, 'shape', next_spec)}; "
+                         f"is the state size the one the model was built for?")
+    r_spec = jax.eval_shape(reward, state, action_spec, state)
+    if getattr(r_spec, "shape", None) != ():
+        raise ValueError(f"reward(state, action, next_state) must return a scalar, got shape "
+                         f"{getattr(r_spec, 'shape', r_spec)}")
+    return state, low, high, init_actions, num_samples, horizon, chunk_size
+
+
+# ---------------------------------------------------------------------------
+# Scoring candidates.
+
+
+def _score_one(dynamics, reward, state, actions):
+    """Return of one candidate, `-inf` unless every predicted state and reward is finite."""
+    def step(carry, u):
+        x, total, ok = carry
+        x_next = dynamics(x, u)
+        r = reward(x, u, x_next)
+        ok = ok & jnp.all(jnp.isfinite(x_next)) & jnp.isfinite(r)
+        return (x_next, total + r, ok), None
+
+    zero = jnp.zeros((), state.dtype)
+    (_, total, ok), _ = lax.scan(step, (state, zero, jnp.array(True)), actions)
+    return jnp.where(ok, total, -jnp.inf)
+
+
+def _scores(dynamics, reward, state, candidates, chunk_size):
+    """`(K,)` returns of `(K, H, m)` candidates; non-finite rollouts score `-inf`."""
+    score = functools.partial(_score_one, dynamics, reward, state)
+    if chunk_size is None or chunk_size >= candidates.shape[0]:
+        return jax.vmap(score)(candidates)
+    return lax.map(score, candidates, batch_size=chunk_size)
+
+
+def _result(dynamics, reward, state, actions, num_finite):
+    states, rewards = rollout(dynamics, reward, state, actions)
+    total = jnp.sum(rewards)
+    ok = jnp.isfinite(total) & jnp.all(jnp.isfinite(states))
+    return PlanResult(actions, states, rewards, jnp.where(ok, total, -jnp.inf),
+                      num_finite.astype(jnp.int32))
+
+
+def _count_finite(scores):
+    return jnp.sum(jnp.isfinite(scores)).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------
+# Planners.
+
+
+def random_shooting(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
+                    num_samples: int, horizon: int, action_low: jax.Array,
+                    action_high: jax.Array, init_actions: jax.Array | None = None,
+                    chunk_size: int | None = None) -> PlanResult:
+    """Random-shooting MPC: the best of K uniformly sampled action sequences.
+
+    `U_k ~ Uniform([low, high]^{H x m})`, `k = 1..K`; returns
+    `argmax_k R(U_k)` (non-finite rollouts score `-inf`). With `init_actions`
+    (the shifted previous plan) that sequence replaces candidate 0, so the
+    plan never gets worse than the warm start under the model.
+
+    Args:
+      dynamics: `dynamics(state (n,), action (m,)) -> (n,)`, pure.
+      reward: `reward(state (n,), action (m,), next_state (n,)) -> ()`, pure.
+      state: `(n,)` current state.
+      key: PRNG key.
+      num_samples: K >= 1, number of candidate sequences (static).
+      horizon: H >= 1, planning horizon (static).
+      action_low: `(m,)` lower action bounds.
+      action_high: `(m,)` upper action bounds (>= `action_low`).
+      init_actions: optional `(H, m)` warm start, evaluated as a candidate.
+      chunk_size: evaluate candidates in chunks of this many (memory bound
+        for large K); `None` evaluates all K at once.
+
+    Returns:
+      `PlanResult` with `actions (H, m)`, `states (H + 1, n)`, `rewards (H,)`,
+      `total_reward ()`, `num_finite ()`.
+
+    Example:
+      >>> plan = jax.jit(functools.partial(
+      ...     random_shooting, lambda x, u: x + u, lambda x, u, y: -y @ y,
+      ...     num_samples=256, horizon=5, action_low=-jnp.ones(1), action_high=jnp.ones(1)))
+      >>> res = plan(jnp.array([2.0]), jax.random.PRNGKey(0))
+      >>> res.actions.shape, res.states.shape
+      ((5, 1), (6, 1))
+
+    References:
+      Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596, Sec. IV-B.
+    """
+    state, low, high, init_actions, K, H, chunk = _validate(
+        dynamics, reward, state, num_samples, horizon, action_low, action_high,
+        init_actions, chunk_size)
+    m = low.shape[0]
+    candidates = jax.random.uniform(key, (K, H, m), state.dtype, low, high)
+    if init_actions is not None:
+        candidates = candidates.at[0].set(jnp.clip(init_actions, low, high))
+    scores = _scores(dynamics, reward, state, candidates, chunk)
+    best = jnp.argmax(scores)
+    return _result(dynamics, reward, state, candidates[best], _count_finite(scores))
+
+
+def _initial_mean(low, high, H, init_actions):
+    if init_actions is None:
+        return jnp.broadcast_to((low + high) / 2, (H,) + low.shape)
+    return jnp.clip(init_actions, low, high)
+
+
+def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
+        num_samples: int, horizon: int, action_low: jax.Array, action_high: jax.Array,
+        init_actions: jax.Array | None = None, num_iterations: int = 5,
+        num_elites: int | None = None, init_std: float = 0.5, smoothing: float = 0.0,
+        min_std: float = 1e-3, chunk_size: int | None = None) -> PlanResult:
+    """Cross-entropy-method MPC: refit a Gaussian to the elite sequences.
+
+    For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
+    `eps_k ~ N(0, 1)`; the `E` best by `R(U_k)` (finite ones only) give
+    `mu <- a mu + (1 - a) mean(elites)`, `sigma <- a sigma + (1 - a) std(elites)`
+    with smoothing `a`. `mu` starts at `init_actions` (the shifted previous
+    plan) or the middle of the bounds, `sigma` at `init_std * (high - low) / 2`.
+    Returns the better of the best sequence sampled in any iteration and the
+    final mean.
+
+    Args:
+      dynamics, reward, state, key, num_samples, horizon, action_low,
+        action_high, init_actions, chunk_size: as in `random_shooting`.
+      num_iterations: I >= 1 refits (static).
+      num_elites: E, 1 <= E <= K (static); default `max(1, K // 10)`.
+      init_std: initial standard deviation as a fraction of the half range.
+      smoothing: a in [0, 1), weight of the old distribution in each refit.
+      min_std: floor on sigma as a fraction of the half range (keeps
+        sampling alive after the elites collapse).
+
+    Returns:
+      `PlanResult`; `num_finite` counts finite candidates of the last iteration.
+
+    Example:
+      >>> plan = jax.jit(functools.partial(
+      ...     cem, lambda x, u: x + u, lambda x, u, y: -y @ y, num_samples=64,
+      ...     horizon=5, action_low=-jnp.ones(1), action_high=jnp.ones(1)))
+      >>> float(plan(jnp.array([0.5]), jax.random.PRNGKey(0)).actions[0, 0]) < 0
+      True
+
+    References:
+      Rubinstein (1999); Botev et al. (2013), "The cross-entropy method for
+      optimization"; Chua et al. (2018), https://arxiv.org/abs/1805.12114.
+    """
+    state, low, high, init_actions, K, H, chunk = _validate(
+        dynamics, reward, state, num_samples, horizon, action_low, action_high,
+        init_actions, chunk_size)
+    num_iterations = _check_positive_int("num_iterations", num_iterations)
+    E = max(1, K // 10) if num_elites is None else _check_positive_int("num_elites", num_elites)
+    if E > K:
+        raise ValueError(f"num_elites must be <= num_samples = {K}, got {E}")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if not init_std > 0 or not min_std >= 0:
+        raise ValueError(f"init_std must be > 0 and min_std >= 0, got {init_std}, {min_std}")
+    half = (high - low) / 2
+    floor = min_std * half
+    mean = _initial_mean(low, high, H, init_actions)
+    std = jnp.broadcast_to(init_std * half, mean.shape)
+    dtype = state.dtype
+
+    def iteration(carry, k):
+        mean, std, best_u, best_r, _ = carry
+        eps = jax.random.normal(k, (K,) + mean.shape, dtype)
+        cand = jnp.clip(mean + std * eps, low, high)
+        scores = _scores(dynamics, reward, state, cand, chunk)
+        elite_r, idx = lax.top_k(scores, E)
+        elites = cand[idx]
+        # Only finite elites count; if none is finite the distribution stays put.
+        w = jnp.isfinite(elite_r).astype(dtype)
+        n_ok = jnp.sum(w)
+        w = w / jnp.maximum(n_ok, 1.0)
+        e_mean = jnp.einsum("e,ehm->hm", w, elites)
+        e_std = jnp.sqrt(jnp.einsum("e,ehm->hm", w, (elites - e_mean) ** 2))
+        e_mean = jnp.where(n_ok > 0, e_mean, mean)
+        e_std = jnp.where(n_ok > 0, e_std, std)
+        new_mean = smoothing * mean + (1 - smoothing) * e_mean
+        new_std = jnp.maximum(smoothing * std + (1 - smoothing) * e_std, floor)
+        improved = elite_r[0] > best_r
+        best_u = jnp.where(improved, elites[0], best_u)
+        best_r = jnp.where(improved, elite_r[0], best_r)
+        return (new_mean, new_std, best_u, best_r, _count_finite(scores)), None
+
+    keys = jax.random.split(key, num_iterations)
+    init = (mean, std, mean, jnp.array(-jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    (mean, _, best_u, best_r, n_finite), _ = lax.scan(iteration, init, keys)
+    mean_r = _score_one(dynamics, reward, state, mean)
+    actions = jnp.where(mean_r >= best_r, mean, best_u)
+    return _result(dynamics, reward, state, actions, n_finite)
+
+
+def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
+         num_samples: int, horizon: int, action_low: jax.Array, action_high: jax.Array,
+         init_actions: jax.Array | None = None, num_iterations: int = 1,
+         noise_std: float = 0.5, temperature: float = 1.0,
+         chunk_size: int | None = None) -> PlanResult:
+    """Model-predictive path-integral control: a reward-weighted average of perturbed plans.
+
+    For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
+    `w_k = exp((R(U_k) - max_j R(U_j)) / lambda) / Z` (non-finite rollouts
+    get weight 0), `mu <- sum_k w_k U_k`, with `sigma = noise_std * (high - low) / 2`
+    and temperature `lambda`. `mu` starts at `init_actions` (the shifted
+    previous plan) or the middle of the bounds. Returns `mu` and its rollout.
+
+    Args:
+      dynamics, reward, state, key, num_samples, horizon, action_low,
+        action_high, init_actions, chunk_size: as in `random_shooting`.
+      num_iterations: I >= 1 updates of the mean per call (static).
+      noise_std: exploration standard deviation as a fraction of the half range.
+      temperature: lambda > 0; small values approach "pick the best",
+        large values average all candidates. In units of the return.
+
+    Returns:
+      `PlanResult` of the final mean; `num_finite` counts finite candidates
+      of the last iteration.
+
+    Example (vmapped over two start states):
+      >>> f = functools.partial(mppi, lambda x, u: x + u, lambda x, u, y: -y @ y,
+      ...                       num_samples=64, horizon=5, action_low=-jnp.ones(1),
+      ...                       action_high=jnp.ones(1))
+      >>> res = jax.jit(jax.vmap(f))(jnp.array([[0.5], [-0.5]]),
+      ...                            jax.random.split(jax.random.PRNGKey(0), 2))
+      >>> res.actions.shape, bool(res.actions[0, 0, 0] < 0 < res.actions[1, 0, 0])
+      ((2, 5, 1), True)
+
+    References:
+      Williams, Aldrich, Theodorou (2017), https://doi.org/10.2514/1.G001921;
+      Williams et al. (2016), "Aggressive driving with model predictive path
+      integral control", ICRA.
+    """
+    state, low, high, init_actions, K, H, chunk = _validate(
+        dynamics, reward, state, num_samples, horizon, action_low, action_high,
+        init_actions, chunk_size)
+    num_iterations = _check_positive_int("num_iterations", num_iterations)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not noise_std >= 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    sigma = noise_std * (high - low) / 2
+    mean = _initial_mean(low, high, H, init_actions)
+    dtype = state.dtype
+
+    def iteration(carry, k):
+        mean, _ = carry
+        eps = jax.random.normal(k, (K,) + mean.shape, dtype)
+        cand = jnp.clip(mean + sigma * eps, low, high)
+        scores = _scores(dynamics, reward, state, cand, chunk)
+        n_finite = _count_finite(scores)
+        # softmax of -inf entries is exactly 0; with no finite score keep the old mean
+        # instead of the 0/0 a softmax over all -inf would produce.
+        safe = jnp.where(n_finite > 0, scores, 0.0)
+        w = jax.nn.softmax(safe / jnp.asarray(temperature, dtype))
+        new_mean = jnp.einsum("k,khm->hm", w, cand)
+        return (jnp.where(n_finite > 0, new_mean, mean), n_finite), None
+
+    keys = jax.random.split(key, num_iterations)
+    (mean, n_finite), _ = lax.scan(iteration, (mean, jnp.zeros((), jnp.int32)), keys)
+    return _result(dynamics, reward, state, mean, n_finite)
+
+
+PLANNERS: dict[str, Callable[..., PlanResult]] = {
+    "random_shooting": random_shooting,
+    "cem": cem,
+    "mppi": mppi,
+}
+
+
+def jit_planner(planner: Callable[..., PlanResult] | str, *, num_samples: int, horizon: int,
+                **options: Any) -> Callable[..., PlanResult]:
+    """A jitted planner whose model and task are arguments, so new model parameters never recompile.
+
+    `plan(dynamics, reward, state, key, *, action_low, action_high,
+    init_actions=None)` calls `planner` under one `jax.jit` with the static
+    configuration (`num_samples`, `horizon`, `options`) fixed. `dynamics` and
+    `reward` are passed as pytrees: a `jax.tree_util.Partial(fn, params)`
+    traces `params` (retrained weights reuse the compiled code as long as
+    `fn` and the shapes stay the same); a plain function is wrapped in a
+    `Partial` with no arguments (compiled once per function object). Bounds
+    are checked (low <= high) here, before tracing.
+
+    Args:
+      planner: `random_shooting`, `cem`, `mppi` or one of their names.
+      num_samples: K >= 1 (static).
+      horizon: H >= 1 (static).
+      **options: further static keyword options of the planner
+        (e.g. `num_iterations`, `num_elites`, `temperature`, `chunk_size`).
+
+    Returns:
+      `plan(dynamics, reward, state, key, *, action_low, action_high,
+      init_actions=None) -> PlanResult`.
+
+    Example:
+      >>> plan = jit_planner("cem", num_samples=128, horizon=10)
+      >>> model = jax.tree_util.Partial(lambda a, x, u: a * x + u, jnp.float32(0.9))
+      >>> res = plan(model, lambda x, u, y: -y @ y, jnp.ones(1), jax.random.PRNGKey(0),
+      ...            action_low=-jnp.ones(1), action_high=jnp.ones(1))
+
+    References:
+      Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596.
+    """
+    if isinstance(planner, str):
+        if planner not in PLANNERS:
+            raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {planner!r}")
+        planner = PLANNERS[planner]
+    _check_positive_int("num_samples", num_samples)
+    _check_positive_int("horizon", horizon)
+    jitted = jax.jit(functools.partial(planner, num_samples=num_samples, horizon=horizon,
+                                       **options))
+
+    def plan(dynamics, reward, state, key, *, action_low, action_high, init_actions=None):
+        if not (_is_concrete(action_low) and _is_concrete(action_high)):
+            lo = hi = np.zeros(0)
+        else:
+            lo, hi = np.asarray(action_low), np.asarray(action_high)
+        if lo.shape == hi.shape and np.any(lo > hi):
+            raise ValueError(f"action_low must be <= action_high elementwise, got "
+                             f"low={lo.tolist()}, high={hi.tolist()}")
+        return jitted(_as_pytree(dynamics), _as_pytree(reward), state, key,
+                      action_low=action_low, action_high=action_high,
+                      init_actions=init_actions)
+
+    plan.jitted = jitted  # exposed for compile-count checks and AOT lowering
+    return plan
+
+
+def _as_pytree(fn: Callable) -> jax.tree_util.Partial:
+    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
