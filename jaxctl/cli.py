@@ -14,8 +14,9 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS = {
-    "npg": ("jaxctl.agents.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
+    "reach": ("jaxctl.agents.reach", "the main job: train the seed's recurrent network by Hessian-free through the exact closed loop to drive a 2-link arm to 64 targets"),
     "bench": ("jaxctl.agents.bench", "curvature benchmark: per-sample gradients, NPG step, matrix-free CG"),
+    "npg": ("jaxctl.agents.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
     "mpc": ("jaxctl.agents.mbrl", "model-based RL: learned MLP dynamics + jitted MPC on Pendulum, HalfCheetah, Swimmer"),
 }
 
