@@ -13,12 +13,12 @@
    `hessianfree` trains it holding the fed-back plant state fixed.
 
 Usage:
-  python benchmarks/hessian_free.py [--hf-python /work/hfvenv-bench/bin/python]
+  python benchmarks/hessian_free.py [--hf-python .venv-hessianfree/bin/python]
       [--out DIR] [--quick] [--threads 1|all]
 
-The hessianfree venv: `python3 -m venv /work/hfvenv-bench &&
-/work/hfvenv-bench/bin/pip install hessianfree==0.4.0 "numpy<2"` (numpy
-1.26.4 works; hessianfree 0.4.0 uses `np.bool`, removed in numpy 2 paths).
+The hessianfree venv: `python3 -m venv .venv-hessianfree &&
+.venv-hessianfree/bin/pip install hessianfree==0.4.0 numpy matplotlib` (numpy
+2.4.6 works for the paths used here; only its unused mnist demo needs `np.bool`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def run_hessianfree(python: str, problem: str, cfg: dict, threads: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hf-python", default="/work/hfvenv-bench/bin/python",
+    parser.add_argument("--hf-python", default=".venv-hessianfree/bin/python",
                         help="python of a venv with hessianfree==0.4.0 (numpy only)")
     parser.add_argument("--out", default=None, help="run folder (default runs/hessian_free-<time>)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations and repeats")

@@ -3,9 +3,9 @@
 Runs in its OWN virtual environment (hessianfree pins nothing, but it is a
 numpy-only library that jaxctl does not depend on):
 
-    python3 -m venv /work/hfvenv
-    /work/hfvenv/bin/pip install hessianfree==0.4.0 numpy matplotlib
-    /work/hfvenv/bin/python benchmarks/hessianfree_arm_baseline.py --iters 20 --out runs/hf-baseline
+    python3 -m venv .venv-hessianfree
+    .venv-hessianfree/bin/pip install hessianfree==0.4.0 numpy matplotlib
+    .venv-hessianfree/bin/python benchmarks/hessianfree_arm_baseline.py --iters 20 --out runs/hf-baseline
 
 (hessianfree imports matplotlib at import time; numpy 2.4 works for every
 code path used here.)

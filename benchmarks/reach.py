@@ -11,7 +11,7 @@ repeat), single thread on both sides.
   measured apart; seconds per iteration = wall time of each compiled step
   with `block_until_ready` (median and min over the run).
 - hessianfree: `benchmarks/hessianfree_arm_baseline.py` in its own venv
-  (`--hf-python`, default /work/hfvenv/bin/python), run as a subprocess with
+  (`--hf-python`, default .venv-hessianfree/bin/python), run as a subprocess with
   the same settings; skipped with a message if the interpreter is missing.
 - Both: loss and mean final hand error after the same number of iterations.
   The two losses differ slightly: the baseline penalises the network's four
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cg-iters", type=int, default=96)
     parser.add_argument("--damping", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hf-python", default="/work/hfvenv/bin/python",
+    parser.add_argument("--hf-python", default=".venv-hessianfree/bin/python",
                         help="interpreter of a venv with hessianfree 0.4.0 (skip if missing)")
     parser.add_argument("--multi-thread", action="store_true",
                         help="let XLA and BLAS use every core (default: one thread each side)")
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     hf_res = None
     if not os.path.exists(args.hf_python):
         print(f"hessianfree side skipped: {args.hf_python} not found "
-              "(create it: python3 -m venv /work/hfvenv && /work/hfvenv/bin/pip install "
+              "(create it: python3 -m venv .venv-hessianfree && .venv-hessianfree/bin/pip install "
               "hessianfree==0.4.0 numpy matplotlib; or pass --hf-python)")
     else:
         with tempfile.TemporaryDirectory() as tmp:
