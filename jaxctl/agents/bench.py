@@ -174,7 +174,11 @@ def _jax_npg_step(log_prob, method: str, delta: float):
 
 
 def _numpy_npg_step(scores, delta: float, rtol: float = 1e-6):
-    """The seed's pipeline in numpy: dense Fisher, eigh, clip, normalized step."""
+    """The seed's pipeline in numpy: dense Fisher, eigh, clip, normalized step.
+
+    numpy.linalg computes in float64 even for float32 input, so this is also
+    the accuracy reference of the dense route.
+    """
     import numpy as np
 
     def step(params, states, actions, advantages):
@@ -330,7 +334,7 @@ def run(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
         "",
         "### Full normalized NPG step (scores + Fisher solve + step), ms; cosine to float64",
         _common.markdown_table(
-            ["T"] + list(METHODS) + ["numpy eigh", "numpy / fastest accurate"]
+            ["T"] + list(METHODS) + ["numpy eigh (float64 inside)", "numpy / fastest accurate"]
             + [f"cos {m}" for m in METHODS] + ["cos numpy f32"],
             [[r["T"]] + [r["ms"][m] for m in METHODS] + [r["ms"]["numpy"], r["numpy_over_fastest"]]
              + [r["cosine_vs_float64"][m] for m in METHODS]
