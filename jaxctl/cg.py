@@ -63,6 +63,54 @@ def _check_same_structure(name: str, tree: PyTree, reference: PyTree) -> None:
         )
 
 
+class _Start(NamedTuple):
+    x0: PyTree
+    r0: PyTree
+    z0: PyTree
+    rz0: jax.Array
+    precond: Callable[[PyTree], PyTree]
+    dtype: Any
+
+
+def _start(matvec, b, x0, preconditioner) -> _Start:
+    """Checks the inputs and sets up `x0`, `r0 = b - A x0`, `z0 = M^-1 r0`, `r0^T z0`."""
+    if not jax.tree.leaves(b):
+        raise ValueError("b must hold at least one array")
+    x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
+    _check_same_structure("x0", x0, b)
+    precond = (lambda r: r) if preconditioner is None else preconditioner
+    Ax0 = matvec(x0)
+    _check_same_structure("matvec(x)", Ax0, b)
+    r0 = jax.tree.map(jnp.subtract, b, Ax0)
+    z0 = precond(r0)
+    _check_same_structure("preconditioner(r)", z0, b)
+    return _Start(x0, r0, z0, tree_vdot(r0, z0), precond, jnp.result_type(*jax.tree.leaves(b)))
+
+
+def _cg_iteration(matvec, precond, x, r, p, rz, dtype, fix_residual=None):
+    """One (preconditioned) CG iteration; returns `(x, r, z, p, r^T z, breakdown)`.
+
+    `breakdown` is true when `p^T A p <= 0` or non-finite: negative or zero
+    curvature along `p` means A is not PD on this direction, so the step is
+    not taken (alpha = 0) instead of dividing by `p^T A p <= 0`. The caller
+    keeps its previous iterate in that case. `fix_residual(x_new, r_new)`
+    may replace the recurrence residual (e.g. by the exact `b - A x`).
+    """
+    Ap = matvec(p)
+    pAp = tree_vdot(p, Ap)
+    broke = ~(jnp.isfinite(pAp) & (pAp > 0)) | ~jnp.isfinite(rz)
+    alpha = jnp.where(broke, 0.0, rz / jnp.where(broke, 1.0, pAp)).astype(dtype)
+    x_new = tree_axpy(alpha, p, x)
+    r_new = tree_axpy(-alpha, Ap, r)
+    if fix_residual is not None:
+        r_new = fix_residual(x_new, r_new)
+    z_new = precond(r_new)
+    rz_new = tree_vdot(r_new, z_new)
+    beta = jnp.where(broke, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz)).astype(dtype)
+    p_new = tree_axpy(beta, p, z_new)
+    return x_new, r_new, z_new, p_new, rz_new, broke
+
+
 def cg(
     matvec: Callable[[PyTree], PyTree],
     b: PyTree,
@@ -118,23 +166,9 @@ def cg(
         raise ValueError(f"refresh_every must be None or a positive int, got {refresh_every!r}")
     if tol < 0 or atol < 0:
         raise ValueError(f"tol and atol must be >= 0, got tol={tol}, atol={atol}")
-    if not jax.tree.leaves(b):
-        raise ValueError("b must hold at least one array")
-
-    x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
-    _check_same_structure("x0", x0, b)
-    precond = (lambda r: r) if preconditioner is None else preconditioner
-
-    dtype = jnp.result_type(*jax.tree.leaves(b))
+    x0, r0, z0, rz0, precond, dtype = _start(matvec, b, x0, preconditioner)
     b_norm = jnp.sqrt(tree_vdot(b, b))
     threshold = jnp.maximum(tol * b_norm, atol).astype(dtype)
-
-    Ax0 = matvec(x0)
-    _check_same_structure("matvec(x)", Ax0, b)
-    r0 = jax.tree.map(jnp.subtract, b, Ax0)
-    z0 = precond(r0)
-    _check_same_structure("preconditioner(r)", z0, b)
-    rz0 = tree_vdot(r0, z0)
     r_norm0 = jnp.sqrt(tree_vdot(r0, r0))
 
     # carry: x, r, z, p, r^T z, ||r||, step, breakdown
@@ -146,24 +180,14 @@ def cg(
 
     def body_fn(carry):
         x, r, z, p, rz, _, step, _ = carry
-        Ap = matvec(p)
-        pAp = tree_vdot(p, Ap)
-        # Negative or zero curvature along p means A is not PD on this
-        # direction: stop before the step instead of dividing by pAp <= 0.
-        broke = ~(jnp.isfinite(pAp) & (pAp > 0)) | ~jnp.isfinite(rz)
-        alpha = jnp.where(broke, 0.0, rz / jnp.where(broke, 1.0, pAp)).astype(dtype)
-        x_new = tree_axpy(alpha, p, x)
-        r_new = tree_axpy(-alpha, Ap, r)
+        fix = None
         if refresh_every is not None:
-            r_new = lax.cond(
-                (step + 1) % refresh_every == 0,
-                lambda: jax.tree.map(jnp.subtract, b, matvec(x_new)),
-                lambda: r_new,
-            )
-        z_new = precond(r_new)
-        rz_new = tree_vdot(r_new, z_new)
-        beta = jnp.where(broke, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz)).astype(dtype)
-        p_new = tree_axpy(beta, p, z_new)
+            def fix(x_new, r_new):
+                return lax.cond((step + 1) % refresh_every == 0,
+                                lambda: jax.tree.map(jnp.subtract, b, matvec(x_new)),
+                                lambda: r_new)
+        x_new, r_new, z_new, p_new, rz_new, broke = _cg_iteration(
+            matvec, precond, x, r, p, rz, dtype, fix)
         r_norm = jnp.sqrt(tree_vdot(r_new, r_new))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(broke, o, n), new, old)
         return (
@@ -289,22 +313,9 @@ def martens_cg(
         raise ValueError(f"min_gap must be a positive int, got {min_gap!r}")
     if tol < 0 or gap_fraction < 0:
         raise ValueError(f"tol and gap_fraction must be >= 0, got {tol}, {gap_fraction}")
-    if not jax.tree.leaves(b):
-        raise ValueError("b must hold at least one array")
     schedule = martens_schedule(maxiter, store_first, store_ratio)
     num_slots = len(schedule) + 1
-
-    x0 = jax.tree.map(jnp.zeros_like, b) if x0 is None else x0
-    _check_same_structure("x0", x0, b)
-    precond = (lambda r: r) if preconditioner is None else preconditioner
-    dtype = jnp.result_type(*jax.tree.leaves(b))
-
-    Ax0 = matvec(x0)
-    _check_same_structure("matvec(x)", Ax0, b)
-    r0 = jax.tree.map(jnp.subtract, b, Ax0)
-    z0 = precond(r0)
-    _check_same_structure("preconditioner(r)", z0, b)
-    rz0 = tree_vdot(r0, z0)
+    x0, r0, z0, rz0, precond, dtype = _start(matvec, b, x0, preconditioner)
 
     def phi_of(x, r):
         return -0.5 * tree_vdot(x, jax.tree.map(jnp.add, b, r))
@@ -320,16 +331,7 @@ def martens_cg(
 
     def body_fn(carry):
         x, r, p, rz, phis, buf, buf_steps, buf_phi, n_stored, step, _, _ = carry
-        Ap = matvec(p)
-        pAp = tree_vdot(p, Ap)
-        broke = ~(jnp.isfinite(pAp) & (pAp > 0)) | ~jnp.isfinite(rz)
-        alpha = jnp.where(broke, 0.0, rz / jnp.where(broke, 1.0, pAp)).astype(dtype)
-        x_new = tree_axpy(alpha, p, x)
-        r_new = tree_axpy(-alpha, Ap, r)
-        z_new = precond(r_new)
-        rz_new = tree_vdot(r_new, z_new)
-        beta = jnp.where(broke, 0.0, rz_new / jnp.where(rz == 0, 1.0, rz)).astype(dtype)
-        p_new = tree_axpy(beta, p, z_new)
+        x_new, r_new, _, p_new, rz_new, broke = _cg_iteration(matvec, precond, x, r, p, rz, dtype)
         new_step = step + 1
         phi = phi_of(x_new, r_new)
         phis = phis.at[new_step].set(jnp.where(broke, 0.0, phi))
