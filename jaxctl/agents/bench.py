@@ -48,38 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ problem
 
 
-def _gaussian_policy(sizes):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxctl import mlp_apply
-
-    def log_prob(params, state, action):
-        mean = mlp_apply(params["mean"], state)
-        log_std = params["log_std"]
-        z = (action - mean) * jnp.exp(-log_std)
-        return jnp.sum(-0.5 * z * z - log_std) - 0.5 * mean.shape[0] * jnp.log(2 * jnp.pi)
-
-    def sample(params, state, key):
-        mean = mlp_apply(params["mean"], state)
-        return mean + jnp.exp(params["log_std"]) * jax.random.normal(key, mean.shape)
-
-    return log_prob, sample
-
-
 def _make_batch(key, sizes, T):
+    """Policy `sizes` (tanh MLP mean, log-std -0.5), T states, sampled actions, advantages."""
     import jax
-    import jax.numpy as jnp
 
-    from jaxctl import mlp_init
+    from jaxctl import gaussian_policy
 
-    log_prob, sample = _gaussian_policy(sizes)
+    policy = gaussian_policy(sizes[0], sizes[-1], sizes[1:-1], output_scale=1.0, log_std_init=-0.5)
     k_init, k_s, k_a, k_adv = jax.random.split(key, 4)
-    params = {"mean": mlp_init(k_init, sizes), "log_std": jnp.full((sizes[-1],), -0.5)}
+    params = policy.init(k_init)
     states = jax.random.normal(k_s, (T, sizes[0]))
-    actions = jax.vmap(lambda s, k: sample(params, s, k))(states, jax.random.split(k_a, T))
+    actions = jax.vmap(lambda s, k: policy.sample(params, k, s))(states, jax.random.split(k_a, T))
     advantages = jax.random.normal(k_adv, (T,))
-    return log_prob, params, states, actions, advantages
+    return policy.log_prob, params, states, actions, advantages
 
 
 def _reference_direction(G, g, rtol):
