@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxctl.cg import cg
+from jaxctl.jacobians import leading_size
 
 PyTree = Any
 HIGHEST = lax.Precision.HIGHEST
@@ -180,12 +181,7 @@ def fisher_operator(
     """
     if not samples:
         raise ValueError("fisher_operator needs at least one batched sample argument")
-    leaves = jax.tree.leaves(samples)
-    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-    if not leaves or None in sizes or len(sizes) != 1:
-        raise ValueError("samples must be arrays sharing one leading sample axis T, got shapes "
-                         f"{[jnp.shape(x) for x in leaves]}")
-    T = sizes.pop()
+    T = leading_size("samples", samples)
 
     def all_log_probs(p):
         return jax.vmap(lambda s: log_prob(p, *s))(samples)

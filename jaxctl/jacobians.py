@@ -19,7 +19,8 @@ from jax.flatten_util import ravel_pytree
 PyTree = Any
 
 
-def _leading_size(name: str, tree: PyTree) -> int:
+def leading_size(name: str, tree: PyTree) -> int:
+    """The shared leading sample axis T of every array in `tree` (ValueError naming `name` otherwise)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError(f"{name} must hold at least one array with a leading sample axis")
@@ -63,7 +64,7 @@ def per_sample_grads(
     """
     if not args:
         raise ValueError("per_sample_grads needs at least one batched argument after params")
-    _leading_size("args", args)
+    leading_size("args", args)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
 
@@ -96,7 +97,7 @@ def ravel_per_sample(grads: PyTree) -> tuple[jax.Array, Callable[[jax.Array], Py
       >>> G.shape, unravel(G[0])["w"].shape
       ((5, 4), (3,))
     """
-    num = _leading_size("grads", grads)
+    num = leading_size("grads", grads)
     first = jax.tree.map(lambda leaf: leaf[0], grads)
     _, unravel = ravel_pytree(first)
     # Reshape-and-concatenate equals vmap(ravel_pytree) row by row (same leaf
