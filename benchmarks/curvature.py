@@ -6,7 +6,7 @@ measures); kept here so every benchmark lives in benchmarks/.
 
 import sys
 
-from jaxctl.cli import main
+from jaxctl.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

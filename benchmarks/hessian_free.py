@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from jaxctl.agents import _common
+    from jaxctl.apps import common as _common
 
     if args.threads == "1":
         _common.request_single_thread()
@@ -157,11 +157,11 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxctl import arm
-    from jaxctl.cg import martens_cg, tree_vdot
-    from jaxctl.gauss_newton import gauss_newton_model, gauss_newton_vector_product, squared_error
-    from jaxctl.hf import hessian_free
-    from jaxctl.nets.rnn import rnn_apply, rnn_init, rnn_spec
+    from jaxctl.envs import arm
+    from jaxctl.core.cg import martens_cg, tree_vdot
+    from jaxctl.core.gauss_newton import gauss_newton_model, gauss_newton_vector_product, squared_error
+    from jaxctl.optim.hf import hessian_free
+    from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
     out_dir = _common.make_run_dir(args.out, "hessian_free")
     results: dict = {}

@@ -13,7 +13,7 @@ code path used here.)
 The task is the seed's, with the same shapes and HF budget jaxctl's own HF
 will be compared at:
 
-- arm: the 2-link arm of `jaxctl.arm` (same constants, same semi-implicit
+- arm: the 2-link arm of `jaxctl.envs.arm` (same constants, same semi-implicit
   Euler at dt = 0.01, same tanh squashing beyond +-2 pi), written here in
   vectorised numpy because this venv has no jax;
 - plant derivatives: central finite differences of the step, as the seed did
@@ -61,7 +61,7 @@ import platform
 import sys
 import time
 
-# --- the arm, in numpy (same equations and constants as jaxctl.arm) ---------
+# --- the arm, in numpy (same equations and constants as jaxctl.envs.arm) ---------
 
 L1, L2, M1, M2 = 0.31, 0.27, 1.98, 1.32
 DT = 0.01

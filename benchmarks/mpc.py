@@ -5,7 +5,7 @@ candidate action sequences of horizon H = 10 through an MLP dynamics model
 26-500-500-20 (n = 20 states, m = 6 actions, ReLU, float32), scored by a
 forward-velocity reward, best sequence returned. Reported:
 
-* ms per planning step for `jaxctl.mpc.random_shooting` under `jax.jit` and
+* ms per planning step for `jaxctl.control.planners.random_shooting` under `jax.jit` and
   for the same algorithm in batched numpy (one `(K, .) @ (., .)` product per
   layer and time step), both in this process, interleaved, min of repeats;
 * the planner's FLOP rate (the candidates' matmul FLOPs / time) as a fraction
@@ -30,7 +30,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from jaxctl.agents import _common  # noqa: E402  (no numpy / jax work at import)
+from jaxctl.apps import common as _common  # noqa: E402  (no numpy / jax work at import)
 
 
 def parse_args(argv=None):
@@ -59,8 +59,8 @@ def main(argv=None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxctl import mpc
-    from jaxctl.nets.mlp import mlp_apply, mlp_init
+    from jaxctl.control import planners as mpc
+    from jaxctl.models.mlp import mlp_apply, mlp_init
 
     K, H, n, m = args.num_samples, args.horizon, args.state_dim, args.action_dim
     sizes = (n + m, *args.hidden, n)

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="folder for results.json and npg_bench.md")
     args = parser.parse_args(argv)
 
-    from jaxctl.agents import _common
+    from jaxctl.apps import common as _common
 
     if args.single_thread:
         _common.request_single_thread()
@@ -46,11 +46,11 @@ def main(argv=None) -> int:
     import numpy as np
     from jax import lax
 
-    from jaxctl.agents import npg as agent
-    from jaxctl.fisher import fisher_matrix
-    from jaxctl.jacobians import per_sample_grads, ravel_per_sample
-    from jaxctl.npg import npg
-    from jaxctl.rl import episode_ends, gae, rollout, score_gradient
+    from jaxctl.apps import npg as agent
+    from jaxctl.core.fisher import fisher_matrix
+    from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
+    from jaxctl.optim.npg import npg
+    from jaxctl.control.rl import episode_ends, gae, rollout, score_gradient
 
     if args.quick:
         args.sessions, args.chunk, args.repeats = [3], 2, 2

@@ -6,7 +6,7 @@ targets, T = 40 steps, final-state loss + torque penalty alpha = 10e-3 dt,
 `CG_iter = 96`, initial damping 100, regime (a) (roll out, one HF update,
 repeat), single thread on both sides.
 
-- jaxctl: `jaxctl.agents.reach.Trainer` (exact closed-loop gradient and
+- jaxctl: `jaxctl.apps.reach.Trainer` (exact closed-loop gradient and
   Gauss-Newton curvature, one compiled HF step per iteration); compile time
   measured apart; seconds per iteration = wall time of each compiled step
   with `block_until_ready` (median and min over the run).
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="folder for results.json")
     args = parser.parse_args(argv)
 
-    from jaxctl.agents import _common
+    from jaxctl.apps import common as _common
 
     if not args.multi_thread:
         _common.request_single_thread()
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxctl.agents import reach
-    from jaxctl.gauss_newton import gauss_newton_model
+    from jaxctl.apps import reach
+    from jaxctl.core.gauss_newton import gauss_newton_model
 
     load0 = os.getloadavg()
     s = reach.Settings(hidden=args.hidden, steps=args.steps, cg_iters=args.cg_iters,

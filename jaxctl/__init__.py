@@ -1,42 +1,44 @@
 """jaxctl: second-order policy optimization and model-based control in JAX.
 
-Layers (dependencies point down only):
+The folders are the layers; imports point down only (a test checks it):
 
-- numerical core: `jacobians` (per-sample gradients), `fisher` (Fisher,
-  clipped inverse, natural gradients), `gauss_newton` (GN products), `cg`;
-- optimizers: `npg` (normalized natural gradient, optax transformation),
-  `hf` (Hessian-free), `mpc` (random shooting, CEM, MPPI);
-- models: `nets` (MLP, policies, dynamics, layered RNN), `arm` (2-link arm
-  plant), `reach_task`, `rl` (rollouts, GAE), `envs` (task rewards, gymnax
-  adapters);
-- applications: `jaxctl.agents` and the `jaxctl` command.
+- `jaxctl.util`: argument checks, pytree predicates, checkpoints;
+- `jaxctl.core`: per-sample Jacobians, Fisher matrices and natural-gradient
+  solves, Gauss-Newton products, conjugate gradient;
+- `jaxctl.optim`: the normalized NPG step (an optax transformation) and
+  Hessian-free; `jaxctl.control`: rollouts, GAE, MPC planners;
+- `jaxctl.models`: MLPs, policies, the layered RNN, dynamics models;
+  `jaxctl.envs`: the arm plants, the reach task, task rewards;
+- `jaxctl.apps`: the `jaxctl` command (nothing imports it).
 
-Names that exist in several modules (e.g. `rollout`) stay qualified:
-`jaxctl.rl.rollout`, `jaxctl.mpc.rollout`, `jaxctl.reach_task.rollout`.
+Every public name is importable from `jaxctl` itself. Names that exist in
+several modules (`rollout`) stay qualified: `jaxctl.control.rl.rollout`,
+`jaxctl.control.planners.rollout`, `jaxctl.envs.reach_task.rollout`.
 """
 
 __version__ = "0.1.0"
 
-from jaxctl import arm, mpc, reach_task, rl
-from jaxctl.cg import CGResult, MartensCGResult, cg, martens_cg
-from jaxctl.fisher import (
+from jaxctl import control, core, envs, models, optim, util  # noqa: F401  (the layers)
+
+from jaxctl.core.cg import CGResult, MartensCGResult, cg, martens_cg
+from jaxctl.core.fisher import (
     clipped_inverse,
     fisher_matrix,
     fisher_operator,
     fisher_vector_product,
     natural_gradient,
 )
-from jaxctl.gauss_newton import (
+from jaxctl.core.gauss_newton import (
     GaussNewtonModel,
     gauss_newton_model,
     gauss_newton_vector_product,
     softmax_cross_entropy,
     squared_error,
 )
-from jaxctl.hf import HessianFree, HFState, HFStats, hessian_free
-from jaxctl.jacobians import per_sample_grads, ravel_per_sample
-from jaxctl.mpc import PlanResult, cem, jit_planner, mppi, random_shooting, shift_actions
-from jaxctl.nets.dynamics import (
+from jaxctl.optim.hf import HessianFree, HFState, HFStats, hessian_free
+from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
+from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting, shift_actions
+from jaxctl.models.dynamics import (
     DynamicsModel,
     NormStats,
     Transitions,
@@ -46,17 +48,17 @@ from jaxctl.nets.dynamics import (
     normalization_stats,
     open_loop_prediction,
 )
-from jaxctl.nets.mlp import mlp_apply, mlp_init
-from jaxctl.nets.policies import (
+from jaxctl.models.mlp import mlp_apply, mlp_init
+from jaxctl.models.policies import (
     Policy,
     ValueFunction,
     categorical_policy,
     gaussian_policy,
     value_function,
 )
-from jaxctl.nets.rnn import RNNOutputs, RNNSpec, rnn_apply, rnn_init, rnn_spec
-from jaxctl.npg import NPGState, normalized_step, npg
-from jaxctl.rl import EpisodeStats, Trajectory, gae, score_gradient
+from jaxctl.models.rnn import RNNOutputs, RNNSpec, rnn_apply, rnn_init, rnn_spec
+from jaxctl.optim.npg import NPGState, normalized_step, npg
+from jaxctl.control.rl import EpisodeStats, Trajectory, gae, score_gradient
 
 __all__ = [
     "CGResult",

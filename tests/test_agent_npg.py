@@ -1,4 +1,4 @@
-"""The NPG agent (`jaxctl.agents.npg`) and `jaxctl npg --quick`.
+"""The NPG agent (`jaxctl.apps.npg`) and `jaxctl npg --quick`.
 
 Oracles: the same sessions run one at a time (vmap must not change them);
 the initial policy's return (training must beat it); the per-batch figures
@@ -14,8 +14,8 @@ import pytest
 
 pytest.importorskip("gymnax")
 
-from jaxctl.agents import npg as agent  # noqa: E402
-from jaxctl.cli import build_parser, main  # noqa: E402
+from jaxctl.apps import npg as agent  # noqa: E402
+from jaxctl.apps.cli import build_parser, main  # noqa: E402
 
 CHUNK = 4
 CONFIG = agent.Config(delta=0.002, rel_damping=0.01, bootstrap=True)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl import arm
-from jaxctl import reach_task as task
+from jaxctl.envs import arm
+from jaxctl.envs import reach_task as task
 
 K1 = (1.98 / 3 + 1.32) * 0.31**2 + 1.32 * 0.27**2 / 3
 K2 = 1.32 * 0.31 * 0.27

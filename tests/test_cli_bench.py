@@ -3,7 +3,7 @@
 import json
 import os
 
-from jaxctl.cli import build_parser, main
+from jaxctl.apps.cli import build_parser, main
 
 
 def test_bench_quick_writes_results(tmp_path, capsys):

@@ -4,7 +4,7 @@ import json
 import math
 import os
 
-from jaxctl import cli
+from jaxctl.apps import cli
 
 
 def test_jaxctl_mpc_quick(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The learned dynamics model (`jaxctl.nets.dynamics`) against known systems.
+"""The learned dynamics model (`jaxctl.models.dynamics`) against known systems.
 
 Oracles: numpy moments for the statistics, a linear system whose exact model
 is written down by hand (prediction and open-loop rollout must match it),
@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxctl import mpc
-from jaxctl.nets import dynamics as dyn
+from jaxctl.control import planners as mpc
+from jaxctl.models import dynamics as dyn
 
 N, M = 3, 2
 A = np.array([[0.9, 0.1, 0.0], [0.0, 0.95, 0.2], [-0.1, 0.0, 0.8]], np.float32)

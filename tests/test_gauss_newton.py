@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.gauss_newton import (
+from jaxctl.core.gauss_newton import (
     gauss_newton_model,
     gauss_newton_vector_product,
     softmax_cross_entropy,
     squared_error,
 )
-from jaxctl.nets.mlp import mlp_apply, mlp_init
-from jaxctl.nets.rnn import rnn_apply, rnn_init, rnn_spec
+from jaxctl.models.mlp import mlp_apply, mlp_init
+from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
 
 def dense_gn(fn, loss, params):

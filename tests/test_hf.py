@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.cg import martens_cg, martens_schedule
-from jaxctl.gauss_newton import squared_error
-from jaxctl.hf import HFState, backtrack_line_search, damping_update, hessian_free
-from jaxctl.nets.mlp import mlp_apply, mlp_init
-from jaxctl.nets.rnn import rnn_apply, rnn_init, rnn_spec
+from jaxctl.core.cg import martens_cg, martens_schedule
+from jaxctl.core.gauss_newton import squared_error
+from jaxctl.optim.hf import HFState, backtrack_line_search, damping_update, hessian_free
+from jaxctl.models.mlp import mlp_apply, mlp_init
+from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
 # --- Martens CG ---------------------------------------------------------------
 

@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl import mpc
+from jaxctl.control import planners as mpc
 from jaxctl.envs import mbrl_tasks
-from jaxctl.nets.mlp import mlp_apply, mlp_init
+from jaxctl.models.mlp import mlp_apply, mlp_init
 
 PLANNER_NAMES = ("random_shooting", "cem", "mppi")
 
@@ -414,7 +414,7 @@ def test_docstring_examples_run():
 
     import optax
 
-    from jaxctl.nets import dynamics
+    from jaxctl.models import dynamics
 
     for module in (mpc, dynamics, mbrl_tasks):
         result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp, "optax": optax,

@@ -14,11 +14,11 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.fisher import fisher_operator
-from jaxctl.jacobians import per_sample_grads, ravel_per_sample
-from jaxctl.nets.policies import categorical_policy
-from jaxctl.npg import NPGState, npg
-from jaxctl.rl import score_gradient
+from jaxctl.core.fisher import fisher_operator
+from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
+from jaxctl.models.policies import categorical_policy
+from jaxctl.optim.npg import NPGState, npg
+from jaxctl.control.rl import score_gradient
 
 T = 48
 DELTA = 0.01

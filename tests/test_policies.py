@@ -1,4 +1,4 @@
-"""Categorical and Gaussian policies and the value baseline (`jaxctl.nets.policies`).
+"""Categorical and Gaussian policies and the value baseline (`jaxctl.models.policies`).
 
 Oracles: numpy softmax / scipy.stats.norm, closed-form scores of the linear
 softmax policy, sample frequencies.
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxctl.jacobians import per_sample_grads
-from jaxctl.nets.policies import categorical_policy, gaussian_policy, value_function
+from jaxctl.core.jacobians import per_sample_grads
+from jaxctl.models.policies import categorical_policy, gaussian_policy, value_function
 
 
 def softmax(z):

@@ -1,4 +1,4 @@
-"""Tests of `jaxctl reach` (`jaxctl.agents.reach`): HF training through the
+"""Tests of `jaxctl reach` (`jaxctl.apps.reach`): HF training through the
 closed loop, checkpoints, resume, and the command end to end.
 
 Tiny sizes (8 units, T = 10, 8 targets); every test shares the compiled
@@ -13,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl import arm, cli
-from jaxctl import reach_task as rt
-from jaxctl.agents import reach
-from jaxctl.gauss_newton import gauss_newton_model
+from jaxctl.apps import cli
+from jaxctl.envs import arm
+from jaxctl.envs import reach_task as rt
+from jaxctl.apps import reach
+from jaxctl.core.gauss_newton import gauss_newton_model
 
 TINY = reach.Settings(hidden=8, steps=10, targets=8, cg_iters=20, alpha=1e-6)
 TINY_FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-iters", "20", "--alpha", "1e-6"]

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl import arm
-from jaxctl import reach_task as task
-from jaxctl.nets.mlp import mlp_apply, mlp_init
+from jaxctl.envs import arm
+from jaxctl.envs import reach_task as task
+from jaxctl.models.mlp import mlp_apply, mlp_init
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl.nets.policies import categorical_policy, gaussian_policy
-from jaxctl.rl import episode_ends, episode_stats, gae, rollout, score_gradient
+from jaxctl.models.policies import categorical_policy, gaussian_policy
+from jaxctl.control.rl import episode_ends, episode_stats, gae, rollout, score_gradient
 
 gymnax = pytest.importorskip("gymnax")
 

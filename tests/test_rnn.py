@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.nets.rnn import rnn_apply, rnn_init, rnn_spec
+from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
 CONNS = {0: [1, 2], 1: [2], 2: [3]}
 
@@ -123,7 +123,7 @@ def test_pytree_plant_state_and_custom_observe():
 
 
 def test_arm_plant_fits():
-    arm = pytest.importorskip("jaxctl.arm")
+    arm = pytest.importorskip("jaxctl.envs.arm")
     spec = rnn_spec([8, 16, 16, 2], conns={0: [1, 2], 1: [2], 2: [3]}, recurrent=[1, 2],
                     plant=lambda s, u: arm.step(s, u))
     params = rnn_init(jax.random.PRNGKey(7), spec, scale=0.1)

@@ -1,1 +1,4 @@
-"""Environments and task definitions: plants, gymnax / gymnasium adapters, task rewards."""
+"""Layer 3, environments: the arm plants, the reach task, gymnax / gymnasium adapters and task rewards."""
+
+# `arm_env` needs gymnax (the `examples` extra) and is imported on its own.
+from jaxctl.envs import arm, mbrl_tasks, reach_task  # noqa: F401

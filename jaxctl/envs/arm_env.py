@@ -4,7 +4,7 @@
 plugs into any gymnax tooling (`reset(key, params) -> (obs, state)`,
 `step(key, state, action, params)`, auto-reset at the time limit, spaces).
 gymnax is an optional dependency (`pip install jaxctl[examples]`); only this
-module imports it, `jaxctl.arm` and `jaxctl.reach_task` do not.
+module imports it, `jaxctl.envs.arm` and `jaxctl.envs.reach_task` do not.
 
 The interface of the installed gymnax (>= 1.0) returns
 `(obs, state, reward, terminated, truncated, info)` from `step`; older gymnax
@@ -17,7 +17,7 @@ target drawn uniformly from the target set; the episode ends by truncation
     w_t = 1 at the last step, `every_step_weight` before it.
 
 Transitions are differentiable (`env.with_transition_gradients()` keeps
-gradients through `step`), though training with `jaxctl.reach_task.rollout`
+gradients through `step`), though training with `jaxctl.envs.reach_task.rollout`
 is the direct route.
 
 References:
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxctl import arm as _arm
-from jaxctl import reach_task as _task
+from jaxctl.envs import arm as _arm
+from jaxctl.envs import reach_task as _task
 
 
 @struct.dataclass
@@ -81,7 +81,7 @@ class ArmReach(environment.Environment[ArmEnvState, ArmEnvParams]):
     input of the seed). Action: torques `(2,)` (N m).
 
     Args:
-      targets: a `jaxctl.reach_task.TargetSet` (default: the 64 training targets).
+      targets: a `jaxctl.envs.reach_task.TargetSet` (default: the 64 training targets).
       params: arm constants.
 
     Example:

@@ -14,10 +14,10 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS = {
-    "reach": ("jaxctl.agents.reach", "the main job: train the seed's recurrent network by Hessian-free through the exact closed loop to drive a 2-link arm to 64 targets"),
-    "bench": ("jaxctl.agents.bench", "curvature benchmark: per-sample gradients, NPG step, matrix-free CG"),
-    "npg": ("jaxctl.agents.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
-    "mpc": ("jaxctl.agents.mbrl", "model-based RL: learned MLP dynamics + jitted MPC on Pendulum, HalfCheetah, Swimmer"),
+    "reach": ("jaxctl.apps.reach", "the main job: train the seed's recurrent network by Hessian-free through the exact closed loop to drive a 2-link arm to 64 targets"),
+    "bench": ("jaxctl.apps.bench", "curvature benchmark: per-sample gradients, NPG step, matrix-free CG"),
+    "npg": ("jaxctl.apps.npg", "natural policy gradient vs vanilla PG on CartPole (seed experiment) and NPG on Pendulum"),
+    "mpc": ("jaxctl.apps.mpc", "model-based RL: learned MLP dynamics + jitted MPC on Pendulum, HalfCheetah, Swimmer"),
 }
 
 
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jaxctl.agents import _common
+    from jaxctl.apps import common as _common
 
     argv = sys.argv[1:] if argv is None else argv
     if "--single-thread" in argv:

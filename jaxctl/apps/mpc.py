@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxctl import mpc
-from jaxctl.agents import _common
+from jaxctl.control import planners as mpc
+from jaxctl.apps import common as _common
 from jaxctl.envs import mbrl_tasks
-from jaxctl.nets import dynamics as dyn
+from jaxctl.models import dynamics as dyn
 
 TRAIN_CHUNK = 50  # gradient steps per jitted training call (progress granularity)
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxctl.nets.mlp import ACTIVATIONS as _MLP_ACTIVATIONS
+from jaxctl.models.mlp import ACTIVATIONS as _MLP_ACTIVATIONS
 
 PyTree = Any
 

@@ -4,7 +4,7 @@ For a scalar function of parameters and one sample, `fn(params, *sample)`,
 and T samples stacked along a leading axis, the per-sample gradients are
 `g_t = d fn(params, *sample_t) / d params`, t = 1..T. Stacked and flattened
 they form the score matrix `G` of shape (T, P), the input of every Fisher
-computation in `jaxctl.fisher`.
+computation in `jaxctl.core.fisher`.
 """
 
 from __future__ import annotations

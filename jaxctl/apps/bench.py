@@ -22,7 +22,7 @@ import argparse
 import time
 from typing import Any
 
-from jaxctl.agents import _common
+from jaxctl.apps import common as _common
 
 POLICY_SIZES = (4, 32, 32, 2)
 METHODS = ("svd", "gram", "eigh", "cg")

@@ -11,7 +11,7 @@ differentiated exactly:
     u_t      = y_t[:2] + y_t[2:]                              (torques)
     s_{t+1}  = arm_step(s_t, u_t + noise_t)                   (plant, fed back)
 
-The network is `jaxctl.nets.rnn` with the arm as its plant (the torque fold
+The network is `jaxctl.models.rnn` with the arm as its plant (the torque fold
 `u = y[:DOF] + y[DOF:]` is the first thing the plant does), so one `lax.scan`
 runs network and arm together and `jax.linearize` / `linear_transpose`
 differentiate the loop "network -> torque -> arm -> state -> network"
@@ -22,7 +22,7 @@ outputs over time, `z = (s_1..s_T, y_0..y_{T-1})`, and the loss
 
 (`alpha = 10e-3 dt`, `w_t` the final step only, every step, or the ends of
 both legs of an out-and-back reach) is a sum of terms convex in `z`, so
-`G = J^T H_L J` is positive semi-definite and `jaxctl.hf.hessian_free` can
+`G = J^T H_L J` is positive semi-definite and `jaxctl.optim.hf.hessian_free` can
 minimise it.
 
 Two training regimes (the seed's):
@@ -81,15 +81,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxctl import arm as _arm
-from jaxctl import reach_task as rt
+from jaxctl.envs import arm as _arm
+from jaxctl.envs import reach_task as rt
 
 DEFAULT_ALPHA = 1e-6
 """Default torque-penalty gain: 100x weaker than the seed's, so that the loss's
 optimum lies below 0.1 mm (see the module docstring)."""
-from jaxctl.agents import _common
-from jaxctl.hf import HFState, hessian_free
-from jaxctl.nets.rnn import rnn_apply, rnn_init, rnn_spec
+from jaxctl.apps import common as _common
+from jaxctl.optim.hf import HFState, hessian_free
+from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
 PyTree = Any
 
@@ -183,7 +183,7 @@ def fold_torque(y: jax.Array) -> jax.Array:
 def network_spec(hidden: int, plant=None, observe=None):
     """The seed's layered RNN: `[8, hidden, hidden, 2 DOF]`, conns
     `{0: [1, 2], 1: [2], 2: [3]}`, recurrent layers 1 and 2, tanh hidden
-    layers, linear input and output (`jaxctl.nets.rnn.rnn_spec`)."""
+    layers, linear input and output (`jaxctl.models.rnn.rnn_spec`)."""
     return rnn_spec([2 * N_STATE, hidden, hidden, 2 * DOF], "tanh",
                     recurrent=[1, 2], conns={0: [1, 2], 1: [2], 2: [3]},
                     plant=plant, observe=observe)

@@ -33,11 +33,11 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxctl.fisher import fisher_operator
-from jaxctl.jacobians import per_sample_grads
-from jaxctl.nets.policies import categorical_policy, gaussian_policy, value_function
-from jaxctl.npg import npg
-from jaxctl.rl import episode_ends, episode_stats, gae, rollout, score_gradient
+from jaxctl.core.fisher import fisher_operator
+from jaxctl.core.jacobians import per_sample_grads
+from jaxctl.models.policies import categorical_policy, gaussian_policy, value_function
+from jaxctl.optim.npg import npg
+from jaxctl.control.rl import episode_ends, episode_stats, gae, rollout, score_gradient
 
 PyTree = Any
 
@@ -454,7 +454,7 @@ def _summary(name: str, res: dict[str, Any], target: float) -> dict[str, Any]:
 
 def run(args, out_dir: str) -> dict:
     """Runs the CartPole variants (and NPG on Pendulum), writes PNGs; returns results."""
-    from jaxctl.agents._common import Progress, markdown_table
+    from jaxctl.apps.common import Progress, markdown_table
 
     if args.quick:
         args.sessions, args.batches = min(args.sessions, 3), min(args.batches, 20)

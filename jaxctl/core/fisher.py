@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxctl.cg import cg
-from jaxctl.jacobians import leading_size
+from jaxctl.core.cg import cg
+from jaxctl.core.jacobians import leading_size
 
 PyTree = Any
 HIGHEST = lax.Precision.HIGHEST

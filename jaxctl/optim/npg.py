@@ -22,9 +22,9 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.cg import cg, tree_vdot
-from jaxctl.fisher import fisher_vector_product, natural_gradient
-from jaxctl.jacobians import ravel_per_sample
+from jaxctl.core.cg import cg, tree_vdot
+from jaxctl.core.fisher import fisher_vector_product, natural_gradient
+from jaxctl.core.jacobians import ravel_per_sample
 
 PyTree = Any
 
@@ -147,7 +147,7 @@ def npg(
     The Fisher `F = 1/T sum_t score_t score_t^T` comes from the per-sample
     scores passed to `update`:
 
-    - `fisher="dense"` (the seed): `jaxctl.fisher.natural_gradient` on the
+    - `fisher="dense"` (the seed): `jaxctl.core.fisher.natural_gradient` on the
       (T, P) score matrix, eigenvalues below `rtol * max eigenvalue` clipped
       (pseudo-inverse). Damping `lambda = damping + rel_damping * max
       eigenvalue`: Tikhonov damping relative to the largest eigenvalue bounds
@@ -167,7 +167,7 @@ def npg(
       damping: absolute Tikhonov damping (>= 0).
       rel_damping: damping relative to the largest Fisher eigenvalue (>= 0,
         dense only).
-      method: dense solver, see `jaxctl.fisher.natural_gradient`.
+      method: dense solver, see `jaxctl.core.fisher.natural_gradient`.
       cg_maxiter, cg_tol: CG budget and relative tolerance.
 
     Returns:
@@ -181,7 +181,7 @@ def npg(
 
     Example:
       >>> from jaxctl import per_sample_grads
-      >>> from jaxctl.rl import score_gradient
+      >>> from jaxctl.control.rl import score_gradient
       >>> log_prob = lambda w, s, a: jax.nn.log_softmax(s @ w)[a]   # linear softmax policy
       >>> w = jnp.zeros((4, 2))
       >>> obs, actions = jnp.ones((8, 4)).at[:, 0].set(jnp.arange(8.0)), jnp.arange(8) % 2

@@ -1,7 +1,7 @@
 """The centre-out reaching task of Sutskever's thesis, as pure JAX functions.
 
 A controller (an MLP now, the layered recurrent network later) drives the arm
-of `jaxctl.arm` in a closed loop
+of `jaxctl.envs.arm` in a closed loop
 
     input_t = [target_t, observed plant state]  ->  controller  ->  u_t
     x_{t+1} = step(x_t, u_t + noise_t)
@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxctl import arm as _arm
+from jaxctl.envs import arm as _arm
 
 ALPHA = 10e-3 * _arm.DT
 """Seed's gain on the torque penalty, `10e-3 * dt` (= 1e-4 at dt = 0.01)."""
@@ -161,7 +161,7 @@ def planar_circle_targets(arm: _arm.PlanarArm, q_rest, n: int = N_TARGETS,
                           phase: float = 0.0, weights=None, dtype=None) -> TargetSet:
     """Targets for an n-link arm (seed's 3-link task: centre (0, 0.5), radius 0.2).
 
-    Joint angles from `jaxctl.arm.planar_inverse_kinematics` (the posture
+    Joint angles from `jaxctl.envs.arm.planar_inverse_kinematics` (the posture
     nearest `q_rest` under the weights; the seed used (1, 1, 1.3)).
 
     Returns:
@@ -242,8 +242,8 @@ def rollout(controller: Callable[[Any, jax.Array], tuple[Any, jax.Array]],
       target: target state, shape `(n,)` (held for all steps) or `(T, n)`
         (a schedule, e.g. `out_and_back`).
       T: number of steps (static).
-      step_fn: the plant, `(x, u) -> x'` (default `jaxctl.arm.step`, dt 0.01);
-        wrap `functools.partial(jaxctl.arm.planar_step, arm=...)` for n links.
+      step_fn: the plant, `(x, u) -> x'` (default `jaxctl.envs.arm.step`, dt 0.01);
+        wrap `functools.partial(jaxctl.envs.arm.planar_step, arm=...)` for n links.
       observe: builds the controller input from `(target_t, observed state)`.
       delay: feedback delay in steps (static int >= 0); before `delay` steps
         have passed the controller sees `x_0`.

@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxctl.nets.mlp import ACTIVATIONS, mlp_apply, mlp_init
+from jaxctl.models.mlp import ACTIVATIONS, mlp_apply, mlp_init
 
 PyTree = Any
 
@@ -82,7 +82,7 @@ def categorical_policy(
       obs_dim: observation size.
       num_actions: number of discrete actions (>= 2).
       hidden: hidden-layer widths of the logit MLP.
-      activation: hidden activation (see `jaxctl.nets.mlp.ACTIVATIONS`).
+      activation: hidden activation (see `jaxctl.models.mlp.ACTIVATIONS`).
       output_scale: scale of the last layer's initial weights; small values
         start near the uniform policy.
 

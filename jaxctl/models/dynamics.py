@@ -6,7 +6,7 @@ predicts the state change in normalised units,
     s' = s + mu_d + sigma_d * f_theta((s - mu_s) / sigma_s, (a - mu_a) / sigma_a),
 
 where `(mu, sigma)` are per-dimension statistics of the data (`NormStats`)
-and `f_theta` is an MLP (`jaxctl.nets.mlp`). Training minimises the mean
+and `f_theta` is an MLP (`jaxctl.models.mlp`). Training minimises the mean
 squared error of `f_theta` against the z-scored deltas with optax (Adam,
 mini-batches), adding Gaussian noise to the z-scored inputs and targets
 (`noise_std`). An ensemble stacks `E` independently initialised MLPs on a
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxctl.mpc import simulate
-from jaxctl.nets.mlp import ACTIVATIONS, mlp_apply, mlp_init
+from jaxctl.control.planners import simulate
+from jaxctl.models.mlp import ACTIVATIONS, mlp_apply, mlp_init
 
 
 class Transitions(NamedTuple):
@@ -80,7 +80,7 @@ class DynamicsModel:
       params: MLP layers `[{"w": (n_i, n_j), "b": (n_j,)}]` from `mlp_init`;
         an ensemble has a leading member axis `E` on every leaf.
       stats: `NormStats` used to z-score inputs and outputs.
-      activation: hidden activation name (a key of `jaxctl.nets.mlp.ACTIVATIONS`).
+      activation: hidden activation name (a key of `jaxctl.models.mlp.ACTIVATIONS`).
     """
 
     params: Any

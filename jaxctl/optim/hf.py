@@ -2,7 +2,7 @@
 
 Notation: parameters `theta` (any pytree), a batch, model outputs
 `z = f(theta, batch)` and a loss `L(z, batch)` convex in `z`; `g` the
-gradient, `G = J^T H_L J` the Gauss-Newton matrix (`jaxctl.gauss_newton`),
+gradient, `G = J^T H_L J` the Gauss-Newton matrix (`jaxctl.core.gauss_newton`),
 `lambda` the damping. Each step minimises the damped quadratic model
 
     q(d) - q(0) = g^T d + d^T (G + lambda I + lambda mu S) d / 2
@@ -12,7 +12,7 @@ structural damping on hidden activations `h` (`mu = structural_damping`,
 `B` the batch size), and then:
 
 1. CG starts from `warm_start * d_prev` (0.95, Martens 2010 section 4.5)
-   and stops on relative progress of `q` (`jaxctl.cg.martens_cg`);
+   and stops on relative progress of `q` (`jaxctl.core.cg.martens_cg`);
 2. backtracking (section 4.6): the iterates stored on the geometric schedule
    are evaluated from the last backwards while the loss keeps decreasing;
    the best one is `d` (`backtrack_line_search`);
@@ -47,8 +47,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxctl.cg import martens_cg, tree_axpy, tree_vdot
-from jaxctl.gauss_newton import gauss_newton_model
+from jaxctl.core.cg import martens_cg, tree_axpy, tree_vdot
+from jaxctl.core.gauss_newton import gauss_newton_model
 
 PyTree = Any
 

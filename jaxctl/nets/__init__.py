@@ -1,1 +1,0 @@
-"""Small pure network definitions (parameters are plain pytrees)."""

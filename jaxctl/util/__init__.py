@@ -1,0 +1,2 @@
+"""Layer 0: argument checks, pytree predicates and checkpoints (import nothing of jaxctl)."""
+from jaxctl.util import checks  # noqa: F401
