@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.core.cg import cg, tree_vdot
+from jaxctl.core.cg import cg
 from jaxctl.core.fisher import fisher_vector_product, natural_gradient
 from jaxctl.core.jacobians import ravel_per_sample
 
@@ -66,7 +66,7 @@ def normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple
             "g and nat_g must have the same structure and shapes, got "
             f"{jax.tree.map(jnp.shape, g)} and {jax.tree.map(jnp.shape, nat_g)}"
         )
-    gFg = tree_vdot(g, nat_g)
+    gFg = optax.tree.vdot(g, nat_g)
     ok = jnp.isfinite(gFg) & (gFg > 0) & jnp.isfinite(delta) & (delta > 0)
     ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(nat_g)]))
     step_size = jnp.where(ok, jnp.sqrt(jnp.where(ok, delta / jnp.where(ok, gFg, 1.0), 0.0)), 0.0)
