@@ -59,9 +59,16 @@ from jaxctl.models.policies import (
 from jaxctl.models.rnn import RNNOutputs, RNNSpec, rnn_apply, rnn_init, rnn_spec
 from jaxctl.optim.npg import NPGState, normalized_step, npg
 from jaxctl.control.rl import EpisodeStats, Trajectory, gae, score_gradient
+from jaxctl.util.checkpoint import (
+    CheckpointError,
+    checkpoint_metadata,
+    restore_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "CGResult",
+    "CheckpointError",
     "DynamicsModel",
     "EpisodeStats",
     "GaussNewtonModel",
@@ -81,6 +88,7 @@ __all__ = [
     "categorical_policy",
     "cem",
     "cg",
+    "checkpoint_metadata",
     "clipped_inverse",
     "dynamics_init",
     "dynamics_predict",
@@ -106,9 +114,11 @@ __all__ = [
     "per_sample_grads",
     "random_shooting",
     "ravel_per_sample",
+    "restore_checkpoint",
     "rnn_apply",
     "rnn_init",
     "rnn_spec",
+    "save_checkpoint",
     "score_gradient",
     "shift_actions",
     "softmax_cross_entropy",
