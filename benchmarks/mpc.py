@@ -1,6 +1,6 @@
 """Benchmark: one random-shooting MPC planning step, jitted JAX vs batched numpy.
 
-The seed's planner (Nagabandi et al. 2018) at the benchmark size: K = 1000
+The random-shooting planner of Nagabandi et al. (2018) at the benchmark size: K = 1000
 candidate action sequences of horizon H = 10 through an MLP dynamics model
 26-500-500-20 (n = 20 states, m = 6 actions, ReLU, float32), scored by a
 forward-velocity reward, best sequence returned. Reported:
@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from jaxctl.control import planners as mpc
+    from jaxctl.control.simulate import rollout
     from jaxctl.models.mlp import mlp_apply, mlp_init
 
     K, H, n, m = args.num_samples, args.horizon, args.state_dim, args.action_dim
@@ -104,7 +105,7 @@ def main(argv=None) -> dict:
 
     # --- correctness first ---------------------------------------------------
     cand = rng.uniform(-1.0, 1.0, (64, H, m)).astype(np.float32)
-    jax_totals = jax.jit(jax.vmap(lambda a: jnp.sum(mpc.rollout(dynamics, reward, jnp.asarray(x0), a)[1])))(cand)
+    jax_totals = jax.jit(jax.vmap(lambda a: jnp.sum(rollout(dynamics, reward, jnp.asarray(x0), a)[1])))(cand)
     np.testing.assert_allclose(np.asarray(jax_totals), np_scores(x0, cand), rtol=1e-3, atol=1e-3)
     compile_s = _common.compile_seconds(plan, x0, key)
     res = plan(x0, key)

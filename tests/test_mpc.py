@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxctl.control import planners as mpc
+from jaxctl.control.simulate import rollout, shift_actions, simulate
 from jaxctl.envs import mbrl_tasks
 from jaxctl.models.mlp import mlp_apply, mlp_init
 
@@ -217,7 +218,7 @@ def test_random_shooting_warm_start_never_worse_than_the_warm_start():
     res = _run("random_shooting", lq_dynamics, lq_reward, x0, jax.random.PRNGKey(0),
                num_samples=8, horizon=H, action_low=LO, action_high=HI, init_actions=warm)
     assert float(res.total_reward) >= J_STAR - 1e-4
-    shifted = mpc.shift_actions(warm, 0.0)
+    shifted = shift_actions(warm, 0.0)
     np.testing.assert_allclose(shifted[:-1], warm[1:])
     assert float(shifted[-1, 0]) == 0.0
 
@@ -289,9 +290,9 @@ def test_no_recompilation_across_states_keys_and_model_parameters():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(action_low=jnp.ones(N_ACT), action_high=-jnp.ones(N_ACT)), "action_low must be <="),
-    (dict(num_samples=0), "num_samples must be >= 1"),
-    (dict(horizon=0), "horizon must be >= 1"),
-    (dict(num_samples=2.5), "num_samples must be a Python int"),
+    (dict(num_samples=0), "num_samples must be an integer >= 1"),
+    (dict(horizon=0), "horizon must be an integer >= 1"),
+    (dict(num_samples=2.5), "num_samples must be an integer"),
     (dict(state=jnp.zeros(N_STATE + 1)), "mlp|shape"),
     (dict(state=jnp.zeros((2, N_STATE))), "state must have shape"),
     (dict(action_low=-jnp.ones(3), action_high=jnp.ones(2)), "must both have shape"),
@@ -365,7 +366,7 @@ def test_mpc_follows_waypoints_with_a_point_mass():
         x, prev = carry
         res = plan(x, k, init_actions=prev)
         x = dyn(x, res.actions[0])
-        return (x, mpc.shift_actions(res.actions, 0.0)), x
+        return (x, shift_actions(res.actions, 0.0)), x
 
     run = jax.jit(lambda keys: jax.lax.scan(step, (jnp.zeros(2), jnp.zeros((4, 2))), keys)[1])
     xs = run(jax.random.split(jax.random.PRNGKey(0), 25))
@@ -414,9 +415,11 @@ def test_docstring_examples_run():
 
     import optax
 
+    from jaxctl.control import candidates
+    from jaxctl.control import simulate as simulate_module
     from jaxctl.models import dynamics
 
-    for module in (mpc, dynamics, mbrl_tasks):
+    for module in (mpc, candidates, simulate_module, dynamics, mbrl_tasks):
         result = doctest.testmod(module, extraglobs={"jax": jax, "jnp": jnp, "optax": optax,
                                                      "functools": functools})
         assert result.attempted > 0 and result.failed == 0, module.__name__

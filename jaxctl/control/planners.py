@@ -17,6 +17,8 @@ finite scores `-inf`, so it is never selected. The returned `states`,
 `rewards` and `total_reward` are recomputed from the returned `actions`, so
 the fields always agree.
 
+Rollouts, `simulate` and `shift_actions` live in `jaxctl.control.simulate`.
+
 Jitting: either close over everything static,
 `jax.jit(partial(random_shooting, dynamics, reward, num_samples=1000,
 horizon=10, action_low=lo, action_high=hi))`, or use `jit_planner`, which
@@ -38,7 +40,6 @@ References:
 from __future__ import annotations
 
 import functools
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,8 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Dynamics = Callable[[jax.Array, jax.Array], jax.Array]
-Reward = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+from jaxctl.control import candidates as _cand
+from jaxctl.control import simulate as _sim
+from jaxctl.control.simulate import Dynamics, Reward
+from jaxctl.util import checks
 
 
 class PlanResult(NamedTuple):
@@ -70,181 +73,12 @@ class PlanResult(NamedTuple):
     num_finite: jax.Array
 
 
-def simulate(dynamics: Dynamics, state: jax.Array, actions: jax.Array) -> jax.Array:
-    """Open-loop states of an action sequence under `dynamics`.
-
-    `x_{t+1} = dynamics(x_t, u_t)` for `t = 0 .. H-1`, in one `lax.scan`.
-
-    Args:
-      dynamics: `dynamics(state (n,), action (m,)) -> (n,)`.
-      state: `(n,)` start state `x_0`.
-      actions: `(H, m)` action sequence.
-
-    Returns:
-      `(H + 1, n)` states `x_0 .. x_H`.
-
-    Example:
-      >>> simulate(lambda x, u: x + u, jnp.zeros(1), jnp.ones((3, 1)))[:, 0]
-      Array([0., 1., 2., 3.], dtype=float32)
-    """
-    def step(x, u):
-        x_next = dynamics(x, u)
-        return x_next, x_next
-
-    _, xs = lax.scan(step, state, actions)
-    return jnp.concatenate([state[None], xs], axis=0)
-
-
-def rollout(dynamics: Dynamics, reward: Reward, state: jax.Array,
-            actions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Predicted states and per-step rewards of an action sequence.
-
-    `x_{t+1} = dynamics(x_t, u_t)`, `r_t = reward(x_t, u_t, x_{t+1})`.
-
-    Args:
-      dynamics: `dynamics(state (n,), action (m,)) -> (n,)`.
-      reward: `reward(state (n,), action (m,), next_state (n,)) -> ()`.
-      state: `(n,)` start state.
-      actions: `(H, m)` action sequence.
-
-    Returns:
-      `(states (H + 1, n), rewards (H,))`.
-
-    Example:
-      >>> xs, rs = rollout(lambda x, u: x + u, lambda x, u, y: -y @ y,
-      ...                  jnp.zeros(1), jnp.ones((2, 1)))
-      >>> rs
-      Array([-1., -4.], dtype=float32)
-    """
-    def step(x, u):
-        x_next = dynamics(x, u)
-        return x_next, (x_next, reward(x, u, x_next))
-
-    _, (xs, rs) = lax.scan(step, state, actions)
-    return jnp.concatenate([state[None], xs], axis=0), rs
-
-
-def shift_actions(actions: jax.Array, fill: jax.Array | float | None = None) -> jax.Array:
-    """The previous plan shifted one step forward, for warm-starting the next call.
-
-    `(u_1, ..., u_{H-1}, fill)`; `fill` defaults to repeating `u_{H-1}`.
-
-    Args:
-      actions: `(H, m)` the previous plan (its first action was executed).
-      fill: `(m,)` or scalar action appended at the end (e.g. the middle of
-        the action bounds); `None` repeats the last action.
-
-    Returns:
-      `(H, m)` shifted plan.
-
-    Example:
-      >>> shift_actions(jnp.arange(3.0)[:, None], 0.0)[:, 0]
-      Array([1., 2., 0.], dtype=float32)
-    """
-    last = actions[-1] if fill is None else jnp.broadcast_to(
-        jnp.asarray(fill, actions.dtype), actions.shape[1:])
-    return jnp.concatenate([actions[1:], last[None]], axis=0)
-
-
-# ---------------------------------------------------------------------------
-# Validation (runs at trace time: static shapes and configuration only).
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a Python int >= 1 (static configuration), got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _validate(dynamics, reward, state, num_samples, horizon, action_low, action_high,
-              init_actions, chunk_size):
-    num_samples = _check_positive_int("num_samples", num_samples)
-    horizon = _check_positive_int("horizon", horizon)
-    if chunk_size is not None:
-        chunk_size = _check_positive_int("chunk_size", chunk_size)
-    state = jnp.asarray(state)
-    if state.ndim != 1:
-        raise ValueError(f"state must have shape (n,) (one unbatched state; vmap for batches), "
-                         f"got {state.shape}")
-    if not jnp.issubdtype(state.dtype, jnp.floating):
-        state = state.astype(jnp.float32)
-    low = jnp.asarray(action_low, state.dtype)
-    high = jnp.asarray(action_high, state.dtype)
-    if low.ndim != 1 or high.shape != low.shape:
-        raise ValueError(f"action_low and action_high must both have shape (m,), got "
-                         f"{low.shape} and {high.shape}")
-    if _is_concrete(action_low) and _is_concrete(action_high):
-        lo, hi = np.asarray(action_low), np.asarray(action_high)
-        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-            raise ValueError("action_low and action_high must be finite")
-        if np.any(lo > hi):
-            bad = np.nonzero(lo > hi)[0].tolist()
-            raise ValueError(f"action_low must be <= action_high elementwise; violated at "
-                             f"action indices {bad}: low={lo[bad].tolist()}, high={hi[bad].tolist()}")
-    m = low.shape[0]
-    if init_actions is not None:
-        init_actions = jnp.asarray(init_actions, state.dtype)
-        if init_actions.shape != (horizon, m):
-            raise ValueError(f"init_actions must have shape (horizon, m) = {(horizon, m)}, "
-                             f"got {init_actions.shape}")
-    action_spec = jax.ShapeDtypeStruct((m,), state.dtype)
-    try:
-        next_spec = jax.eval_shape(dynamics, state, action_spec)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"dynamics(state {state.shape}, action {(m,)}) failed: {err}") from err
-    if getattr(next_spec, "shape", None) != state.shape:
-        raise ValueError(f"dynamics(state, action) must return the next state with the shape of "
-                         f"state {state.shape}, got {getattr(next_spec, 'shape', next_spec)}; "
-                         f"is the state size the one the model was built for?")
-    r_spec = jax.eval_shape(reward, state, action_spec, state)
-    if getattr(r_spec, "shape", None) != ():
-        raise ValueError(f"reward(state, action, next_state) must return a scalar, got shape "
-                         f"{getattr(r_spec, 'shape', r_spec)}")
-    return state, low, high, init_actions, num_samples, horizon, chunk_size
-
-
-# ---------------------------------------------------------------------------
-# Scoring candidates.
-
-
-def _score_one(dynamics, reward, state, actions):
-    """Return of one candidate, `-inf` unless every predicted state and reward is finite."""
-    def step(carry, u):
-        x, total, ok = carry
-        x_next = dynamics(x, u)
-        r = reward(x, u, x_next)
-        ok = ok & jnp.all(jnp.isfinite(x_next)) & jnp.isfinite(r)
-        return (x_next, total + r, ok), None
-
-    zero = jnp.zeros((), state.dtype)
-    (_, total, ok), _ = lax.scan(step, (state, zero, jnp.array(True)), actions)
-    return jnp.where(ok, total, -jnp.inf)
-
-
-def _scores(dynamics, reward, state, candidates, chunk_size):
-    """`(K,)` returns of `(K, H, m)` candidates; non-finite rollouts score `-inf`."""
-    score = functools.partial(_score_one, dynamics, reward, state)
-    if chunk_size is None or chunk_size >= candidates.shape[0]:
-        return jax.vmap(score)(candidates)
-    return lax.map(score, candidates, batch_size=chunk_size)
-
-
 def _result(dynamics, reward, state, actions, num_finite):
-    states, rewards = rollout(dynamics, reward, state, actions)
+    states, rewards = _sim.rollout(dynamics, reward, state, actions)
     total = jnp.sum(rewards)
     ok = jnp.isfinite(total) & jnp.all(jnp.isfinite(states))
     return PlanResult(actions, states, rewards, jnp.where(ok, total, -jnp.inf),
                       num_finite.astype(jnp.int32))
-
-
-def _count_finite(scores):
-    return jnp.sum(jnp.isfinite(scores)).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------
@@ -290,22 +124,22 @@ def random_shooting(dynamics: Dynamics, reward: Reward, state: jax.Array, key: j
     References:
       Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596, Sec. IV-B.
     """
-    state, low, high, init_actions, K, H, chunk = _validate(
+    state, low, high, init_actions, K, H, chunk = _cand.validate(
         dynamics, reward, state, num_samples, horizon, action_low, action_high,
         init_actions, chunk_size)
     m = low.shape[0]
     candidates = jax.random.uniform(key, (K, H, m), state.dtype, low, high)
     if init_actions is not None:
-        candidates = candidates.at[0].set(jnp.clip(init_actions, low, high))
-    scores = _scores(dynamics, reward, state, candidates, chunk)
+        candidates = candidates.at[0].set(init_actions)
+    scores = _cand.scores(dynamics, reward, state, candidates, chunk)
     best = jnp.argmax(scores)
-    return _result(dynamics, reward, state, candidates[best], _count_finite(scores))
+    return _result(dynamics, reward, state, candidates[best], _cand.count_finite(scores))
 
 
 def _initial_mean(low, high, H, init_actions):
     if init_actions is None:
         return jnp.broadcast_to((low + high) / 2, (H,) + low.shape)
-    return jnp.clip(init_actions, low, high)
+    return init_actions
 
 
 def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
@@ -347,17 +181,16 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
       Rubinstein (1999); Botev et al. (2013), "The cross-entropy method for
       optimization"; Chua et al. (2018), https://arxiv.org/abs/1805.12114.
     """
-    state, low, high, init_actions, K, H, chunk = _validate(
+    state, low, high, init_actions, K, H, chunk = _cand.validate(
         dynamics, reward, state, num_samples, horizon, action_low, action_high,
         init_actions, chunk_size)
-    num_iterations = _check_positive_int("num_iterations", num_iterations)
-    E = max(1, K // 10) if num_elites is None else _check_positive_int("num_elites", num_elites)
+    num_iterations = checks.check_positive_int("num_iterations", num_iterations)
+    E = max(1, K // 10) if num_elites is None else checks.check_positive_int("num_elites", num_elites)
     if E > K:
         raise ValueError(f"num_elites must be <= num_samples = {K}, got {E}")
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    if not init_std > 0 or not min_std >= 0:
-        raise ValueError(f"init_std must be > 0 and min_std >= 0, got {init_std}, {min_std}")
+    checks.check_scalar("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
+    checks.check_finite_positive("init_std", init_std)
+    checks.check_scalar("min_std", min_std, low=0.0, high=float("inf"), high_open=True)
     half = (high - low) / 2
     floor = min_std * half
     mean = _initial_mean(low, high, H, init_actions)
@@ -368,7 +201,7 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         mean, std, best_u, best_r, _ = carry
         eps = jax.random.normal(k, (K,) + mean.shape, dtype)
         cand = jnp.clip(mean + std * eps, low, high)
-        scores = _scores(dynamics, reward, state, cand, chunk)
+        scores = _cand.scores(dynamics, reward, state, cand, chunk)
         elite_r, idx = lax.top_k(scores, E)
         elites = cand[idx]
         # Only finite elites count; if none is finite the distribution stays put.
@@ -384,12 +217,13 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         improved = elite_r[0] > best_r
         best_u = jnp.where(improved, elites[0], best_u)
         best_r = jnp.where(improved, elite_r[0], best_r)
-        return (new_mean, new_std, best_u, best_r, _count_finite(scores)), None
+        return (new_mean, new_std, best_u, best_r, _cand.count_finite(scores)), None
 
     keys = jax.random.split(key, num_iterations)
-    init = (mean, std, mean, jnp.array(-jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    zero = _sim.carry_zero(state, mean, dtype=dtype)
+    init = (mean + zero, std + zero, mean + zero, zero - jnp.inf, zero.astype(jnp.int32))
     (mean, _, best_u, best_r, n_finite), _ = lax.scan(iteration, init, keys)
-    mean_r = _score_one(dynamics, reward, state, mean)
+    mean_r = _cand.score_one(dynamics, reward, state, mean)
     actions = jnp.where(mean_r >= best_r, mean, best_u)
     return _result(dynamics, reward, state, actions, n_finite)
 
@@ -433,14 +267,12 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
       Williams et al. (2016), "Aggressive driving with model predictive path
       integral control", ICRA.
     """
-    state, low, high, init_actions, K, H, chunk = _validate(
+    state, low, high, init_actions, K, H, chunk = _cand.validate(
         dynamics, reward, state, num_samples, horizon, action_low, action_high,
         init_actions, chunk_size)
-    num_iterations = _check_positive_int("num_iterations", num_iterations)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not noise_std >= 0:
-        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    num_iterations = checks.check_positive_int("num_iterations", num_iterations)
+    checks.check_positive("temperature", temperature)
+    checks.check_scalar("noise_std", noise_std, low=0.0, high=float("inf"), high_open=True)
     sigma = noise_std * (high - low) / 2
     mean = _initial_mean(low, high, H, init_actions)
     dtype = state.dtype
@@ -449,17 +281,20 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
         mean, _ = carry
         eps = jax.random.normal(k, (K,) + mean.shape, dtype)
         cand = jnp.clip(mean + sigma * eps, low, high)
-        scores = _scores(dynamics, reward, state, cand, chunk)
-        n_finite = _count_finite(scores)
-        # softmax of -inf entries is exactly 0; with no finite score keep the old mean
-        # instead of the 0/0 a softmax over all -inf would produce.
-        safe = jnp.where(n_finite > 0, scores, 0.0)
-        w = jax.nn.softmax(safe / jnp.asarray(temperature, dtype))
+        scores = _cand.scores(dynamics, reward, state, cand, chunk)
+        n_finite = _cand.count_finite(scores)
+        # Shift by the best finite score BEFORE dividing by the temperature: the
+        # differences are <= 0, so a tiny temperature gives -inf (weight 0), never
+        # inf - inf. -inf scores get weight 0; with no finite score keep the old
+        # mean instead of the 0/0 of a softmax over all -inf.
+        shifted = jnp.where(n_finite > 0, scores - jnp.max(scores), 0.0)
+        w = jax.nn.softmax(shifted / jnp.asarray(temperature, dtype))
         new_mean = jnp.einsum("k,khm->hm", w, cand)
         return (jnp.where(n_finite > 0, new_mean, mean), n_finite), None
 
     keys = jax.random.split(key, num_iterations)
-    (mean, n_finite), _ = lax.scan(iteration, (mean, jnp.zeros((), jnp.int32)), keys)
+    zero = _sim.carry_zero(state, mean, dtype=dtype)
+    (mean, n_finite), _ = lax.scan(iteration, (mean + zero, zero.astype(jnp.int32)), keys)
     return _result(dynamics, reward, state, mean, n_finite)
 
 
@@ -481,7 +316,8 @@ def jit_planner(planner: Callable[..., PlanResult] | str, *, num_samples: int, h
     traces `params` (retrained weights reuse the compiled code as long as
     `fn` and the shapes stay the same); a plain function is wrapped in a
     `Partial` with no arguments (compiled once per function object). Bounds
-    are checked (low <= high) here, before tracing.
+    (arrays or lists) are checked here, before tracing: finite, `(m,)`,
+    `low <= high`.
 
     Args:
       planner: `random_shooting`, `cem`, `mppi` or one of their names.
@@ -507,19 +343,17 @@ def jit_planner(planner: Callable[..., PlanResult] | str, *, num_samples: int, h
         if planner not in PLANNERS:
             raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {planner!r}")
         planner = PLANNERS[planner]
-    _check_positive_int("num_samples", num_samples)
-    _check_positive_int("horizon", horizon)
+    checks.check_positive_int("num_samples", num_samples)
+    checks.check_positive_int("horizon", horizon)
     jitted = jax.jit(functools.partial(planner, num_samples=num_samples, horizon=horizon,
                                        **options))
 
     def plan(dynamics, reward, state, key, *, action_low, action_high, init_actions=None):
-        if not (_is_concrete(action_low) and _is_concrete(action_high)):
-            lo = hi = np.zeros(0)
-        else:
-            lo, hi = np.asarray(action_low), np.asarray(action_high)
-        if lo.shape == hi.shape and np.any(lo > hi):
-            raise ValueError(f"action_low must be <= action_high elementwise, got "
-                             f"low={lo.tolist()}, high={hi.tolist()}")
+        # Bounds become arrays here (a list would reach the jitted planner as a list of
+        # tracers) and are checked while still concrete; inside `jit` they are traced.
+        action_low, action_high = jnp.asarray(action_low), jnp.asarray(action_high)
+        if checks.is_concrete(action_low) and checks.is_concrete(action_high):
+            _cand.check_bounds(action_low, action_high)
         return jitted(_as_pytree(dynamics), _as_pytree(reward), state, key,
                       action_low=action_low, action_high=action_high,
                       init_actions=init_actions)

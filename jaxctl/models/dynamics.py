@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxctl.control.planners import simulate
+from jaxctl.control.simulate import simulate
 from jaxctl.models.mlp import ACTIVATIONS, mlp_apply, mlp_init
 
 
