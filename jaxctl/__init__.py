@@ -13,7 +13,7 @@ The folders are the layers; imports point down only (a test checks it):
 
 Every public name is importable from `jaxctl` itself. Names that exist in
 several modules (`rollout`) stay qualified: `jaxctl.control.rl.rollout`,
-`jaxctl.control.planners.rollout`, `jaxctl.envs.reach_task.rollout`.
+`jaxctl.control.simulate.rollout`, `jaxctl.envs.reach_task.rollout`.
 """
 
 __version__ = "0.1.0"
@@ -37,7 +37,8 @@ from jaxctl.core.gauss_newton import (
 )
 from jaxctl.optim.hf import HessianFree, HFState, HFStats, hessian_free
 from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
-from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting, shift_actions
+from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting
+from jaxctl.control.simulate import shift_actions
 from jaxctl.models.dynamics import (
     DynamicsModel,
     NormStats,

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxctl.control import simulate as _sim
+import jaxctl.control.simulate as _sim
 from jaxctl.util import checks
 
 

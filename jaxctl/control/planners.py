@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxctl.control import candidates as _cand
-from jaxctl.control import simulate as _sim
+import jaxctl.control.candidates as _cand
+import jaxctl.control.simulate as _sim
 from jaxctl.control.simulate import Dynamics, Reward
 from jaxctl.util import checks
 

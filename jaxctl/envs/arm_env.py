@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
-from jaxctl.envs import arm as _arm
-from jaxctl.envs import reach_task as _task
+import jaxctl.envs.arm as _arm
+import jaxctl.envs.reach_task as _task
 
 
 @struct.dataclass

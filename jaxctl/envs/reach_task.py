@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxctl.envs import arm as _arm
+import jaxctl.envs.arm as _arm
 
 ALPHA = 10e-3 * _arm.DT
 """Seed's gain on the torque penalty, `10e-3 * dt` (= 1e-4 at dt = 0.01)."""
