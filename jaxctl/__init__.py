@@ -45,10 +45,9 @@ from jaxctl.models.dynamics import (
     Transitions,
     dynamics_init,
     dynamics_predict,
-    dynamics_train,
     normalization_stats,
-    open_loop_prediction,
 )
+from jaxctl.models.dynamics_training import dynamics_train, open_loop_prediction
 from jaxctl.models.mlp import mlp_apply, mlp_init
 from jaxctl.models.policies import (
     Policy,
