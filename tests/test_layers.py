@@ -26,6 +26,9 @@ def _modules():
         yield ".".join(parts), path
 
 
+MODULE_NAMES = {name for name, _ in _modules()}
+
+
 def _imports(name, path):
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
@@ -37,7 +40,9 @@ def _imports(name, path):
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
                                 + ([base] if base else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from pkg import mod` depends on pkg.mod only; `from mod import name` on mod.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULE_NAMES else base
+                       for a in node.names]
         else:
             continue
         for target in targets:
