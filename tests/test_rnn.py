@@ -21,7 +21,8 @@ def plant_np(s, u):
 
 
 def numpy_rollout(params, x, s0):
-    """The seed's forward pass, written out as a plain loop (layers 1, 2 recurrent, tanh)."""
+    """The forward pass of `hessianfree.RNNet` (DeWolf 2016), written out as a plain loop
+    (layers 1, 2 recurrent, tanh)."""
     p = jax.tree.map(np.asarray, params)
     h1_prev = h2_prev = None
     s, us, states = np.asarray(s0), [], []
@@ -146,6 +147,10 @@ def test_arm_plant_fits():
     (dict(sizes=[2, 3, 1], activations="cube"), "activations"),
     (dict(sizes=[2, 3, 1], activations=["tanh", "tanh"]), "one nonlinearity per layer"),
     (dict(sizes=[2, 3, 1], observe=lambda s: s), "observe needs a plant"),
+    (dict(sizes=[2, 3.7, 1]), "sizes must be an integer"),
+    (dict(sizes=[2.0, 3, 1]), "sizes must be an integer"),
+    (dict(sizes=[2, 0, 1]), "sizes must be an integer >= 1"),
+    (dict(sizes=[2, 3, 1], recurrent=[1.5]), "recurrent must be an integer"),
 ])
 def test_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -163,3 +168,33 @@ def test_apply_validation(net):
         rnn_apply(spec, bad, x[0], s0[0])
     with pytest.raises(ValueError, match=r"\(T, n_x\)"):
         rnn_apply(spec, params, x, s0[0])
+    with pytest.raises(ValueError, match="T >= 1"):
+        rnn_apply(spec, params, jnp.zeros((0, 1)), s0[0])
+    spec_p = rnn_spec([2, 4, 2], plant=plant)
+    with pytest.raises(ValueError, match="length"):
+        rnn_apply(spec_p, rnn_init(jax.random.PRNGKey(0), spec_p), None, jnp.zeros(2), length=0)
+
+
+def test_integer_plant_state_is_promoted_not_truncated(net):
+    # An integer s_0 must not make the plant state integer at every step.
+    spec, params, x, _ = net
+    out = rnn_apply(spec, params, x[0], jnp.array([1, -1]))
+    ref = rnn_apply(spec, params, x[0], jnp.array([1.0, -1.0]))
+    assert jnp.issubdtype(out.plant_states.dtype, jnp.floating)
+    np.testing.assert_array_equal(out.plant_states, ref.plant_states)
+    us, states = numpy_rollout(params, np.asarray(x[0]), np.array([1.0, -1.0]))
+    eps = float(jnp.finfo(out.plant_states.dtype).eps)
+    np.testing.assert_allclose(out.plant_states, states, rtol=1e3 * eps, atol=1e3 * eps)
+
+
+def test_rnn_apply_inside_shard_map(net):
+    # Plant states sharded over a 1-device mesh axis, parameters replicated: the
+    # recurrent and plant carries must start with the varying type of the step's output.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    spec, params, x, s0 = net
+    mesh = jax.make_mesh((1,), ("d",))
+    put = lambda a: jax.device_put(a, NamedSharding(mesh, P("d")))
+    run = jax.vmap(lambda xi, si: rnn_apply(spec, params, xi, si).plant_states)
+    sharded = jax.jit(jax.shard_map(run, mesh=mesh, in_specs=(P("d"), P("d")), out_specs=P("d")))
+    np.testing.assert_array_equal(sharded(put(x), put(s0)), jax.jit(run)(x, s0))

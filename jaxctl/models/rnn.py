@@ -1,6 +1,7 @@
 """Layered recurrent networks, optionally closing the loop through a plant.
 
-The architecture follows the seed's `hessianfree.RNNet`: layers `0..L-1` of
+The architecture follows `hessianfree.RNNet`, the network of DeWolf's
+Hessian-free library (DeWolf 2016): layers `0..L-1` of
 widths `sizes`, a nonlinearity per layer, feed-forward connections
 `conns = {pre: [post, ...]}` from lower to higher layers (skip connections
 allowed), and recurrence on chosen layers. Notation, for one example and
@@ -14,7 +15,7 @@ time step `t`:
 
 `x_t` is the external input (may be absent), `s_t` the plant state (any
 pytree) and `observe(s_t)` the vector it feeds back (default: the state's
-leaves raveled and concatenated). `h0_l` plays the role of the seed's
+leaves raveled and concatenated). `h0_l` plays the role of `hessianfree`'s
 "recurrent bias" applied on the first step. The whole rollout is one
 `lax.scan`, so gradients, `jax.jvp` and Gauss-Newton products flow through
 the plant and through the state fed back into the network: the closed loop
@@ -31,6 +32,8 @@ References:
   with Hessian-free optimization", ICML.
   I. Sutskever (2013), "Training recurrent neural networks", PhD thesis,
   ch. 6 (the network that drives the arm).
+  T. DeWolf (2016), "Deep learning for control using augmented Hessian-free
+  optimization", studywolf blog (the `hessianfree` library and its arm task).
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxctl.control.simulate import carry_zero
 from jaxctl.models.mlp import ACTIVATIONS as _MLP_ACTIVATIONS
-
-PyTree = Any
+from jaxctl.util import checks
+from jaxctl.util.checks import PyTree
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     **_MLP_ACTIVATIONS,
@@ -119,14 +123,15 @@ def rnn_spec(sizes: Sequence[int], activations: str | Sequence[str] = "tanh", *,
       An `RNNSpec` (a NamedTuple: close over it, do not pass it to `jit`).
 
     Example:
-      >>> # the seed's reaching controller: target (4) + arm state (4) in,
-      >>> # two recurrent tanh layers with a skip connection, 2 torques out
+      >>> # the reaching controller of DeWolf (2016): target (4) + arm state (4)
+      >>> # in, two recurrent tanh layers with a skip connection, 2 torques out
+      >>> from jaxctl.envs import arm
       >>> spec = rnn_spec([8, 32, 32, 2], conns={0: [1, 2], 1: [2], 2: [3]},
       ...                 recurrent=[1, 2], plant=lambda s, u: arm.step(s, u))
     """
-    sizes = tuple(int(s) for s in sizes)
+    sizes = tuple(checks.check_positive_int("sizes", s) for s in sizes)
     n = len(sizes)
-    if n < 2 or min(sizes) < 1:
+    if n < 2:
         raise ValueError(f"sizes must hold at least two positive widths, got {sizes}")
     if isinstance(activations, str):
         activations = ("linear",) + (activations,) * (n - 2) + ("linear",)
@@ -137,14 +142,16 @@ def rnn_spec(sizes: Sequence[int], activations: str | Sequence[str] = "tanh", *,
     for name in activations:
         if name not in ACTIVATIONS:
             raise ValueError(f"activations must be in {sorted(ACTIVATIONS)}, got {name!r}")
-    recurrent = tuple(range(1, n - 1)) if recurrent is None else tuple(sorted(set(recurrent)))
+    recurrent = tuple(range(1, n - 1)) if recurrent is None else tuple(
+        sorted({checks.check_int("recurrent", l) for l in recurrent}))
     if any(not 1 <= l < n for l in recurrent):
         raise ValueError(f"recurrent layers must be in [1, {n - 1}], got {recurrent}")
     if conns is None:
         conns = {l: [l + 1] for l in range(n - 1)}
     edges = []
     for pre, posts in sorted(conns.items()):
-        posts = tuple(sorted(set(int(p) for p in posts)))
+        pre = checks.check_int("conns", pre)
+        posts = tuple(sorted({checks.check_int("conns", p) for p in posts}))
         for post in posts:
             if not 0 <= pre < post < n:
                 raise ValueError(f"conns must connect a lower to a higher layer in [0, {n}), "
@@ -265,17 +272,20 @@ def rnn_apply(spec: RNNSpec, params: PyTree, inputs: jax.Array | None = None,
       (15, 2)
     """
     _check_params(spec, params)
+    # The network computes in its parameter dtype; integer plant states are promoted.
+    net_dtype = params["b"][str(len(spec.sizes) - 1)].dtype
     if inputs is None:
-        if not isinstance(length, int) or length < 1:
-            raise ValueError(f"without inputs, length must be a positive int, got {length!r}")
+        length = checks.check_positive_int("length (without inputs)", length)
         n_x = 0
     else:
-        if jnp.ndim(inputs) != 2:
-            raise ValueError(f"inputs must have shape (T, n_x) (one unbatched sequence), "
-                             f"got {jnp.shape(inputs)}")
+        inputs = checks.as_float("inputs", inputs)
+        if inputs.ndim != 2 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs must have shape (T, n_x) with T >= 1 (one unbatched "
+                             f"sequence), got {inputs.shape}")
         if length is not None and length != inputs.shape[0]:
             raise ValueError(f"length {length} disagrees with inputs.shape[0] {inputs.shape[0]}")
         length, n_x = inputs.shape
+        inputs = inputs.astype(net_dtype)
     if spec.plant is None:
         if plant_state is not None:
             raise ValueError("plant_state given but the spec has no plant")
@@ -283,6 +293,7 @@ def rnn_apply(spec: RNNSpec, params: PyTree, inputs: jax.Array | None = None,
     else:
         if plant_state is None:
             raise ValueError("the spec has a plant: pass its initial plant_state")
+        plant_state = checks.tree_as_float("plant_state", plant_state)
         n_obs = jax.eval_shape(spec.observe, plant_state).shape
         if len(n_obs) != 1:
             raise ValueError(f"observe(plant_state) must be a vector, got shape {n_obs}")
@@ -300,7 +311,7 @@ def rnn_apply(spec: RNNSpec, params: PyTree, inputs: jax.Array | None = None,
         rec_in, state = carry
         parts = [] if x_t is None else [x_t]
         if spec.plant is not None:
-            parts.append(spec.observe(state).astype(params["b"][str(n_layers - 1)].dtype))
+            parts.append(spec.observe(state).astype(net_dtype))
         layer = [acts[0](jnp.concatenate(parts))]
         for l in range(1, n_layers):
             z = params["b"][str(l)]
@@ -313,11 +324,16 @@ def rnn_apply(spec: RNNSpec, params: PyTree, inputs: jax.Array | None = None,
         u = layer[-1]
         new_state = None
         if spec.plant is not None:
-            # The initial state fixes the carry dtype (float32 plant, float64 net, ...).
+            # The (float) initial state fixes the carry dtype (float32 plant, float64 net, ...).
             new_state = jax.tree.map(lambda n, o: n.astype(o.dtype), spec.plant(state, u), state)
         hidden = tuple(layer[l] for l in rec_layers) if return_hidden else None
         return (next_rec, new_state), (u, new_state, hidden)
 
-    init = ({str(l): params["h0"][str(l)] for l in rec_layers}, plant_state)
+    # Carries typed after every input (dtype, shard_map axes, sharding): the step mixes
+    # parameters, inputs and plant state, so its carry out has all their types.
+    zero = carry_zero(*jax.tree.leaves((params, inputs, plant_state)))
+    init = ({str(l): params["h0"][str(l)] + zero.astype(params["h0"][str(l)].dtype)
+             for l in rec_layers},
+            jax.tree.map(lambda leaf: leaf + zero.astype(leaf.dtype), plant_state))
     _, (u, states, hidden) = lax.scan(step, init, inputs, length=length)
     return RNNOutputs(outputs=u, plant_states=states, hidden=hidden)
