@@ -13,7 +13,7 @@ The folders are the layers; imports point down only (a test checks it):
 
 Every public name is importable from `jaxctl` itself. Names that exist in
 several modules (`rollout`) stay qualified: `jaxctl.control.rl.rollout`,
-`jaxctl.control.simulate.rollout`, `jaxctl.envs.reach_task.rollout`.
+`jaxctl.control.simulate.rollout`, `jaxctl.envs.closed_loop.rollout`.
 """
 
 __version__ = "0.1.0"

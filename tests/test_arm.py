@@ -1,6 +1,6 @@
 """The 2-link arm, the autodiff n-link arm and the gymnax environment.
 
-Oracles: the seed's equations transcribed literally in numpy, physics
+Oracles: the equations of DeWolf (2016) transcribed literally in numpy, physics
 invariants (energy, power balance), forward kinematics for inverse
 kinematics, the inverse function theorem, the task loss for the env rewards.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxctl.envs import arm
+from jaxctl.envs import closed_loop, planar_arm
 from jaxctl.envs import reach_task as task
 
 K1 = (1.98 / 3 + 1.32) * 0.31**2 + 1.32 * 0.27**2 / 3
@@ -23,13 +24,13 @@ K3 = 1.32 * 0.27**2 / 3
 K4 = 1.32 * 0.31 * 0.27 / 2
 
 
-def seed_mass_matrix(q):
+def dewolf_mass_matrix(q):
     c = np.cos(q[1])
     return np.array([[K1 + K2 * c, K3 + K4 * c], [K3 + K4 * c, K3]])
 
 
-def seed_step(state, u, dt):
-    """The seed's arm2 step, transcribed from REFERENCE.md (numpy float64)."""
+def dewolf_step(state, u, dt):
+    """The arm2 step of DeWolf (2016), transcribed from REFERENCE.md (numpy float64)."""
     q, dq = np.array(state[:2], float), np.array(state[2:], float)
     c2, s2 = np.cos(q[1]), np.sin(q[1])
     m11, m12, m22 = K1 + K2 * c2, K3 + K4 * c2, K3
@@ -53,11 +54,11 @@ def random_states(key, n, dtype, speed=3.0):
 # --------------------------------------------------------------- dynamics
 
 
-def test_mass_matrix_matches_seed_and_is_spd():
+def test_mass_matrix_matches_dewolf_and_is_spd():
     qs = np.asarray(random_states(jax.random.PRNGKey(0), 256, jnp.float32))[:, :2]
     ms = np.asarray(jax.jit(jax.vmap(arm.mass_matrix))(jnp.asarray(qs)))
     for q, m in zip(qs[:8], ms[:8]):
-        np.testing.assert_allclose(m, seed_mass_matrix(q.astype(float)), rtol=1e-5)
+        np.testing.assert_allclose(m, dewolf_mass_matrix(q.astype(float)), rtol=1e-5)
     np.testing.assert_array_equal(ms, np.transpose(ms, (0, 2, 1)))
     eig = np.linalg.eigvalsh(ms.astype(float))
     # lambda_min >= det / trace >= m2 l1^2 l2^2 (m1/9 + m2/12) / (K1 + K2 + K3).
@@ -65,17 +66,17 @@ def test_mass_matrix_matches_seed_and_is_spd():
     assert eig.min() >= 0.999 * det_min / (K1 + K2 + K3)
 
 
-def test_step_matches_seed_equations_float64():
+def test_step_matches_dewolf_equations_float64():
     with jax.enable_x64(True):
         states = np.asarray(random_states(jax.random.PRNGKey(1), 64, jnp.float64))
         us = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (64, 2), jnp.float64))
-        # The seed's elimination divides by M12 = K3 + K4 cos q1: keep away from its zero.
+        # DeWolf's (2016) elimination divides by M12 = K3 + K4 cos q1: keep away from its zero.
         keep = np.abs(K3 + K4 * np.cos(states[:, 1])) > 0.01
         assert keep.sum() > 40
         ours = np.asarray(jax.jit(jax.vmap(lambda s, u: arm.step(s, u, 0.01, squash_state=False)))(
             jnp.asarray(states), jnp.asarray(us)))
         for s, u, o in zip(states[keep], us[keep], ours[keep]):
-            np.testing.assert_allclose(o, seed_step(s, u, 0.01), rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(o, dewolf_step(s, u, 0.01), rtol=1e-10, atol=1e-12)
 
 
 def test_step_float32_close_to_float64():
@@ -186,7 +187,7 @@ def test_huge_torque_stays_finite_and_bounded():
 # ------------------------------------------------------------ kinematics
 
 
-def test_inverse_kinematics_branch_matches_seed_start_posture():
+def test_inverse_kinematics_branch_matches_the_start_posture():
     q0 = jnp.array(arm.Q0)
     np.testing.assert_allclose(arm.hand_position(q0), [0.0, 0.35], atol=1e-6)
     np.testing.assert_allclose(arm.inverse_kinematics(arm.hand_position(q0)), q0, atol=2e-6)
@@ -248,9 +249,58 @@ def test_bad_shapes_raise_clear_value_errors():
     with pytest.raises(ValueError, match="elbow"):
         arm.inverse_kinematics(jnp.zeros(2), elbow=0)
     with pytest.raises(ValueError, match="state must have shape \\(6,\\)"):
-        arm.planar_step(jnp.zeros(4), jnp.zeros(3), arm=arm.ARM3_PLANAR)
+        planar_arm.planar_step(jnp.zeros(4), jnp.zeros(3), arm=planar_arm.ARM3_PLANAR)
     with pytest.raises(ValueError, match="torque must have shape \\(3,\\)"):
-        arm.planar_step(jnp.zeros(6), jnp.zeros(2), arm=arm.ARM3_PLANAR)
+        planar_arm.planar_step(jnp.zeros(6), jnp.zeros(2), arm=planar_arm.ARM3_PLANAR)
+
+
+
+@pytest.mark.parametrize("dt", [0.0, -0.01, float("nan"), float("inf"), np.float32(-1)])
+def test_step_rejects_a_non_positive_or_non_finite_dt(dt):
+    s0 = task.start_state()
+    with pytest.raises(ValueError, match="dt must be"):
+        arm.step(s0, jnp.zeros(2), dt)
+    with pytest.raises(ValueError, match="dt must be"):
+        planar_arm.planar_step(jnp.zeros(4), jnp.zeros(2), dt)
+
+
+@pytest.mark.parametrize("field, value", [("l1", 0.0), ("l2", float("nan")), ("m1", -1.0),
+                                          ("m2", float("inf"))])
+def test_step_rejects_degenerate_link_constants(field, value):
+    params = arm.ARM2._replace(**{field: value})
+    with pytest.raises(ValueError, match=f"params.{field} must be"):
+        arm.step(task.start_state(), jnp.zeros(2), params=params)
+    with pytest.raises(ValueError, match=f"params.{field} must be"):
+        arm.mass_matrix(jnp.zeros(2), params)
+    if field in ("l1", "l2"):
+        with pytest.raises(ValueError, match=f"params.{field} must be"):
+            arm.inverse_kinematics(jnp.array([0.0, 0.35]), params)
+
+
+def test_traced_dt_and_link_constants_pass_and_match_concrete_ones():
+    s0, u = task.start_state(), jnp.array([0.3, -0.2])
+    traced = jax.jit(lambda dt, p: arm.step(s0, u, dt, params=p))(0.01, arm.ARM2)
+    np.testing.assert_allclose(traced, arm.step(s0, u), rtol=8 * float(jnp.finfo(s0.dtype).eps))
+
+
+def test_planar_arm_rejects_degenerate_links():
+    with pytest.raises(ValueError, match="non-empty"):
+        planar_arm.PlanarArm.rods((), ())
+    with pytest.raises(ValueError, match=r"arm.lengths\[1\] must be"):
+        planar_arm.PlanarArm.rods((0.3, 0.0), (1.0, 1.0))
+    bad = planar_arm.ARM3_PLANAR._replace(com=(0.5, 1.5, 0.5))
+    with pytest.raises(ValueError, match=r"arm.com\[1\] must be"):
+        planar_arm.planar_step(jnp.zeros(6), jnp.zeros(3), arm=bad)
+    empty = planar_arm.PlanarArm((), (), (), ())
+    with pytest.raises(ValueError, match="at least one link"):
+        planar_arm.planar_step(jnp.zeros(0), jnp.zeros(0), arm=empty)
+
+
+def test_integer_state_and_torque_are_promoted():
+    out = arm.step(jnp.array([1, 2, 0, 0]), jnp.array([1, 0]))
+    ref = arm.step(jnp.array([1.0, 2.0, 0.0, 0.0]), jnp.array([1.0, 0.0]))
+    assert jnp.issubdtype(out.dtype, jnp.floating)
+    np.testing.assert_array_equal(out, ref)
 
 
 # ------------------------------------------------ n-link Lagrangian arm
@@ -262,21 +312,21 @@ def test_planar_two_link_matches_closed_form():
         us = jax.random.normal(jax.random.PRNGKey(10), (32, 2), jnp.float64)
         @jax.jit
         def both(states, us):
-            return (jax.vmap(lambda s: arm.planar_mass_matrix(s[:2], arm.ARM2_PLANAR))(states),
-                    jax.vmap(lambda s, u: arm.planar_accelerations(s, u, arm.ARM2_PLANAR))(states, us),
+            return (jax.vmap(lambda s: planar_arm.planar_mass_matrix(s[:2], planar_arm.ARM2_PLANAR))(states),
+                    jax.vmap(lambda s, u: planar_arm.planar_accelerations(s, u, planar_arm.ARM2_PLANAR))(states, us),
                     jax.vmap(arm.accelerations)(states, us),
-                    jax.vmap(lambda s, u: arm.planar_step(s, u))(states, us),
+                    jax.vmap(lambda s, u: planar_arm.planar_step(s, u))(states, us),
                     jax.vmap(arm.step)(states, us))
 
         m_auto, a_auto, a_closed, step_auto, step_closed = both(states, us)
-        m_seed = np.stack([seed_mass_matrix(np.asarray(s[:2])) for s in states])
-        np.testing.assert_allclose(m_auto, m_seed, rtol=1e-12, atol=1e-14)
+        m_dewolf = np.stack([dewolf_mass_matrix(np.asarray(s[:2])) for s in states])
+        np.testing.assert_allclose(m_auto, m_dewolf, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(a_auto, a_closed, rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(step_auto, step_closed, rtol=1e-10, atol=1e-12)
 
 
 def test_planar_three_link_physics():
-    three = arm.PlanarArm.rods((0.3, 0.25, 0.15), (2.0, 1.5, 0.5))
+    three = planar_arm.PlanarArm.rods((0.3, 0.25, 0.15), (2.0, 1.5, 0.5))
     with jax.enable_x64(True):
         key_q, key_d, key_u = jax.random.split(jax.random.PRNGKey(11), 3)
         q = jax.random.uniform(key_q, (16, 3), jnp.float64, -3, 3)
@@ -284,31 +334,31 @@ def test_planar_three_link_physics():
         u = jax.random.normal(key_u, (16, 3), jnp.float64)
         states = jnp.concatenate([q, dq], axis=1)
         def gap(s, u_):
-            ddq = arm.planar_accelerations(s, u_, three)
-            _, de = jax.jvp(lambda s_: arm.planar_kinetic_energy(s_, three), (s,),
+            ddq = planar_arm.planar_accelerations(s, u_, three)
+            _, de = jax.jvp(lambda s_: planar_arm.planar_kinetic_energy(s_, three), (s,),
                             (jnp.concatenate([s[3:], ddq]),))
             return de - u_ @ s[3:]
 
         @jax.jit
         def run(q, states, u):
-            return jax.vmap(lambda q_: arm.planar_mass_matrix(q_, three))(q), jax.vmap(gap)(states, u)
+            return jax.vmap(lambda q_: planar_arm.planar_mass_matrix(q_, three))(q), jax.vmap(gap)(states, u)
 
         ms, gaps = run(q, states, u)
         np.testing.assert_allclose(ms, jnp.swapaxes(ms, 1, 2), atol=1e-15)
         assert float(jnp.min(jnp.linalg.eigvalsh(ms))) > 0
         np.testing.assert_allclose(gaps, 0.0, atol=1e-10)
     # A single uniform rod about its end: I = m l^2 / 3, ddq = u / I.
-    rod = arm.PlanarArm.rods((0.5,), (3.0,))
-    acc = jax.jit(lambda s, u: arm.planar_accelerations(s, u, rod))
+    rod = planar_arm.PlanarArm.rods((0.5,), (3.0,))
+    acc = jax.jit(lambda s, u: planar_arm.planar_accelerations(s, u, rod))
     np.testing.assert_allclose(acc(jnp.array([0.2, 1.0]), jnp.array([1.0])),
                                [1.0 / (3.0 * 0.25 / 3)], rtol=1e-5)
 
 
 def test_planar_inverse_kinematics_three_link_task():
     q_rest = jnp.array([math.pi / 5.5, math.pi / 1.7, math.pi / 6.0])
-    targets = jax.jit(lambda q: task.planar_circle_targets(arm.ARM3_PLANAR, q, n=16,
+    targets = jax.jit(lambda q: task.planar_circle_targets(planar_arm.ARM3_PLANAR, q, n=16,
                                                            weights=(1.0, 1.0, 1.3)))(q_rest)
-    hand = jax.jit(jax.vmap(lambda q: arm.planar_hand_position(q, arm.ARM3_PLANAR)))(targets.state[:, :3])
+    hand = jax.jit(jax.vmap(lambda q: planar_arm.planar_hand_position(q, planar_arm.ARM3_PLANAR)))(targets.state[:, :3])
     np.testing.assert_allclose(hand, targets.xy, atol=1e-4)
     np.testing.assert_allclose(jnp.linalg.norm(targets.xy - jnp.array([0.0, 0.5]), axis=1), 0.2, atol=1e-6)
 
@@ -350,7 +400,7 @@ def test_env_jit_vmap_and_episode_return_is_minus_loss(env):
     # Oracle: the same open-loop torques through rollout + reach_loss.
     def loss_of(target, acts):
         ctrl = lambda c, _: (c + 1, acts[c])  # noqa: E731
-        out = task.rollout(ctrl, 0, task.start_state(), target, T)
+        out = closed_loop.rollout(ctrl, 0, task.start_state(), target, T)
         return task.reach_loss(out.states, out.torques, target, task.final_weights(T))
 
     losses = jax.jit(jax.vmap(loss_of))(states.target_state, jnp.swapaxes(actions, 0, 1))

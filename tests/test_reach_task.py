@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxctl.envs import arm
+from jaxctl.envs import closed_loop, planar_arm
 from jaxctl.envs import reach_task as task
 from jaxctl.models.mlp import mlp_apply, mlp_init
 
@@ -77,7 +78,7 @@ def python_loop_rollout(controller, c, x0, targets, T, delay, noise):
     states, inputs, us = [x0], [], []
     for t in range(T):
         seen = history[max(t - delay, 0)]
-        inp = task.network_input(targets[t], seen)
+        inp = closed_loop.network_input(targets[t], seen)
         c, u = controller(c, inp)
         x = arm.step(x, u + noise[t])
         history.append(x)
@@ -110,7 +111,7 @@ def test_rollout_matches_python_loop_with_delay_noise_and_schedule(sets):
     ctrl = rnn_controller(params)
     sched, _ = task.out_and_back(sets["train"].state[5], task.start_state(), T)
     key = jax.random.PRNGKey(2)
-    out = jax.jit(lambda p, k: task.rollout(rnn_controller(p), jnp.zeros(6), task.start_state(), sched, T,
+    out = jax.jit(lambda p, k: closed_loop.rollout(rnn_controller(p), jnp.zeros(6), task.start_state(), sched, T,
                                             delay=delay, noise_std=0.05, key=k))(params, key)
     noise = out.applied_torques - out.torques
     loop = jax.jit(lambda c0, x0, sched, noise: python_loop_rollout(ctrl, c0, x0, sched, T, delay, noise))
@@ -129,7 +130,7 @@ def test_rollout_matches_python_loop_with_delay_noise_and_schedule(sets):
 def test_rollout_noise_statistics_and_keys():
     zero = lambda c, x: (c, jnp.zeros(2))  # noqa: E731
     x0, tgt = task.start_state(), task.start_state()
-    run = jax.jit(lambda k, std: task.rollout(zero, (), x0, tgt, 500, noise_std=std, key=k))
+    run = jax.jit(lambda k, std: closed_loop.rollout(zero, (), x0, tgt, 500, noise_std=std, key=k))
     a = run(jax.random.PRNGKey(3), 0.2)
     b = run(jax.random.PRNGKey(3), 0.2)
     c = run(jax.random.PRNGKey(4), 0.2)
@@ -137,27 +138,35 @@ def test_rollout_noise_statistics_and_keys():
     assert not np.allclose(a.states, c.states)
     noise = np.asarray(a.applied_torques - a.torques)
     assert abs(noise.std() - 0.2) < 0.02 and abs(noise.mean()) < 0.03
-    quiet = task.rollout(zero, (), x0, tgt, 5)
+    quiet = closed_loop.rollout(zero, (), x0, tgt, 5)
     np.testing.assert_array_equal(quiet.states, jnp.broadcast_to(x0, (6, 4)))  # no torque: no motion
     with pytest.raises(ValueError, match="key"):
-        task.rollout(zero, (), x0, tgt, 5, noise_std=0.1)
+        closed_loop.rollout(zero, (), x0, tgt, 5, noise_std=0.1)
 
 
 def test_rollout_bad_arguments():
     zero = lambda c, x: (c, jnp.zeros(2))  # noqa: E731
     x0 = task.start_state()
     with pytest.raises(ValueError, match="target must have shape"):
-        task.rollout(zero, (), x0, jnp.zeros(3), 5)
+        closed_loop.rollout(zero, (), x0, jnp.zeros(3), 5)
     with pytest.raises(ValueError, match="T must be"):
-        task.rollout(zero, (), x0, x0, 0)
+        closed_loop.rollout(zero, (), x0, x0, 0)
     with pytest.raises(ValueError, match="delay"):
-        task.rollout(zero, (), x0, x0, 5, delay=-1)
+        closed_loop.rollout(zero, (), x0, x0, 5, delay=-1)
     with pytest.raises(ValueError, match="torque"):
-        task.rollout(lambda c, x: (c, jnp.zeros((1, 2))), (), x0, x0, 5)
+        closed_loop.rollout(lambda c, x: (c, jnp.zeros((1, 2))), (), x0, x0, 5)
     with pytest.raises(ValueError, match="torque must have shape \\(2,\\)"):
-        task.rollout(lambda c, x: (c, jnp.zeros(3)), (), x0, x0, 5)
+        closed_loop.rollout(lambda c, x: (c, jnp.zeros(3)), (), x0, x0, 5)
     with pytest.raises(ValueError, match="plant_state must be|same shape"):
-        task.network_input(jnp.zeros(4), jnp.zeros(3))
+        closed_loop.network_input(jnp.zeros(4), jnp.zeros(3))
+    for noise_std in (-0.1, float("nan")):  # concrete noise is checked, not skipped
+        with pytest.raises(ValueError, match="noise_std must be"):
+            closed_loop.rollout(zero, (), x0, x0, 5, noise_std=noise_std,
+                                key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="plant_state0 must have shape"):
+        closed_loop.rollout(zero, (), jnp.zeros(0), jnp.zeros(0), 5)
+    with pytest.raises(ValueError, match="T must be an integer"):
+        closed_loop.rollout(zero, (), x0, x0, 5.0)
 
 
 def _directional_fd(f, theta, direction, eps):
@@ -178,7 +187,7 @@ def test_gradient_through_40_step_closed_loop_matches_finite_differences(sets):
         def loss(p):
             def one(tgt):
                 ctrl = lambda c, x: (c, mlp_apply(p, x))  # noqa: E731
-                out = task.rollout(ctrl, (), x0, tgt, T)
+                out = closed_loop.rollout(ctrl, (), x0, tgt, T)
                 return task.reach_loss(out.states, out.torques, tgt, w)
             return jnp.mean(jax.vmap(one)(targets))
 
@@ -205,7 +214,7 @@ def test_gradient_stateful_controller_with_delay_and_noise():
         key = jax.random.PRNGKey(8)
 
         def loss(p):
-            out = task.rollout(rnn_controller(p), jnp.zeros(6, jnp.float64), task.start_state(dtype=jnp.float64),
+            out = closed_loop.rollout(rnn_controller(p), jnp.zeros(6, jnp.float64), task.start_state(dtype=jnp.float64),
                                sched, T, delay=2, noise_std=0.1, key=key)
             return task.reach_loss(out.states, out.torques, sched, w, alpha=1e-2)
 
@@ -224,7 +233,7 @@ def test_vmapped_rollout_over_targets_compiles_once(sets):
     def evaluate(p, target_states, target_xy):
         traces.append(1)
         ctrl = lambda c, x: (c, mlp_apply(p, x))  # noqa: E731
-        outs = jax.vmap(lambda t: task.rollout(ctrl, (), task.start_state(), t, task.T_SEED))(target_states)
+        outs = jax.vmap(lambda t: closed_loop.rollout(ctrl, (), task.start_state(), t, task.T_DEWOLF))(target_states)
         metrics = jax.vmap(task.reach_metrics)(outs.states[:, -1], target_xy, target_states)
         return outs, metrics
 
@@ -253,15 +262,15 @@ def test_reach_metrics_known_offsets(sets):
 
 def test_three_link_closed_loop_runs():
     q_rest = jnp.array([math.pi / 5.5, math.pi / 1.7, math.pi / 6.0])
-    three = arm.PlanarArm.rods((0.5, 0.35, 0.2), (2.0, 1.5, 0.5))
+    three = planar_arm.PlanarArm.rods((0.5, 0.35, 0.2), (2.0, 1.5, 0.5))
     params = mlp_init(jax.random.PRNGKey(10), (12, 8, 3))
 
     @jax.jit
     def run(p):
         ctrl = lambda c, x: (c, mlp_apply(p, x))  # noqa: E731
-        step = lambda s, u: arm.planar_step(s, u, arm=three)  # noqa: E731
+        step = lambda s, u: planar_arm.planar_step(s, u, arm=three)  # noqa: E731
         x0 = task.start_state(q_rest)
-        return task.rollout(ctrl, (), x0, x0, 10, step_fn=step)
+        return closed_loop.rollout(ctrl, (), x0, x0, 10, step_fn=step)
 
     out = run(params)
     assert out.states.shape == (11, 6) and bool(jnp.all(jnp.isfinite(out.states)))

@@ -8,7 +8,7 @@ Notation (fixed for the whole module):
 - `state = [q0, q1, dq0, dq1]`, shape `(4,)`; `torque = u = [u0, u1]` (N m),
   shape `(2,)`. Every function acts on ONE unbatched example: `jax.vmap` it.
 
-The arm (Sutskever's thesis; DeWolf's "arm2" model used by the seed) is planar
+The arm (Sutskever's thesis; DeWolf's "arm2" model in DeWolf 2016) is planar
 with no gravity; both links are uniform rods pivoting at their proximal end:
 `l1 = 0.31, l2 = 0.27` (m), `m1 = 1.98, m2 = 1.32` (kg). With
 
@@ -21,13 +21,13 @@ the equations of motion are `M(q) ddq + H(q, dq) = u` with
          [K3 + K4 cos q1, K3           ]],
     H = [-K2 sin q1 (dq0 dq1 + dq1^2 / 2),  K2 sin q1 dq0^2 / 2].
 
-One time step is semi-implicit (symplectic) Euler, as in the seed:
+One time step is semi-implicit (symplectic) Euler, as in DeWolf (2016):
 `dq <- dq + dt ddq; q <- q + dt dq` (the NEW velocity moves the angles), then
 the "training wheels" squashing of every state entry beyond +-2 pi (see
 `squash`).
 
-The module also has an n-link planar arm whose dynamics are derived by
-automatic differentiation of its Lagrangian (`planar_*` functions); for two
+The n-link planar arm whose dynamics are derived by automatic
+differentiation of its Lagrangian is in `jaxctl.envs.planar_arm`; for two
 uniform rods it reproduces the closed-form equations above (tested).
 
 This module imports only jax; the gymnax environment lives in
@@ -39,31 +39,34 @@ References:
   J. Martens and I. Sutskever (2011), "Learning recurrent neural networks
   with Hessian-free optimization", ICML.
   T. DeWolf (2016), "Deep learning for control using augmented Hessian-free
-  optimization", studywolf blog (the seed: constants, q0, squashing).
+  optimization", studywolf blog (constants, q0, squashing, dt).
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jaxctl.util import checks
+
 DT = 0.01
-"""Seed's integration step (s)."""
+"""Integration step (s) of DeWolf (2016)."""
 
 Q0 = (0.736134824578, 1.85227640003)
-"""Seed's initial joint angles (rad): the hand at the circle centre (0, 0.35) m."""
+"""Initial joint angles (rad) of DeWolf (2016): the hand at the circle centre (0, 0.35) m."""
 
 SQUASH_BOUND = 2.0 * math.pi
 
 
 class ArmParams(NamedTuple):
-    """Link lengths (m) and masses (kg) of the 2-link arm (seed's values).
+    """Link lengths (m) and masses (kg) of the 2-link arm (DeWolf 2016's values).
 
     A NamedTuple of floats, so it is a pytree: it may be passed as a traced
     argument (e.g. to vmap over arm variants) or closed over as constants.
+    Concrete values must be finite and > 0 (checked where they are used).
     """
 
     l1: float = 0.31
@@ -75,8 +78,17 @@ class ArmParams(NamedTuple):
 ARM2 = ArmParams()
 
 
+def check_arm_params(params: ArmParams) -> ArmParams:
+    """Concrete link lengths and masses must be finite and > 0; traced ones pass."""
+    if not isinstance(params, ArmParams):
+        raise ValueError(f"params must be an ArmParams, got {type(params).__name__}")
+    for name, value in params._asdict().items():
+        checks.check_finite_positive(f"params.{name}", value)
+    return params
+
+
 def _constants(params: ArmParams):
-    l1, l2, m1, m2 = params
+    l1, l2, m1, m2 = check_arm_params(params)
     k1 = (m1 / 3.0 + m2) * l1**2 + m2 * l2**2 / 3.0
     k2 = m2 * l1 * l2
     k3 = m2 * l2**2 / 3.0
@@ -84,19 +96,18 @@ def _constants(params: ArmParams):
     return k1, k2, k3, k4
 
 
-def _check_vector(x, name: str, n: int, what: str) -> jax.Array:
-    x = jnp.asarray(x)
+def check_vector(x: Any, name: str, n: int, what: str) -> jax.Array:
+    """`x` as a float array of shape `(n,)`; a `ValueError` naming `name` otherwise."""
+    x = checks.as_float(name, x)
     if x.shape != (n,):
         raise ValueError(
             f"{name} must have shape ({n},) {what} (one unbatched example; "
             f"use jax.vmap for batches), got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
     return x
 
 
 def squash(x: jax.Array, bound: float = SQUASH_BOUND) -> jax.Array:
-    """The seed's "training wheels": identity inside +-bound, tanh-saturated outside.
+    """The "training wheels" of DeWolf (2016): identity inside +-bound, tanh-saturated outside.
 
         s(x) = x                        if |x| <= bound
                tanh(x - bound) + bound  if x > bound
@@ -146,7 +157,7 @@ def mass_matrix(q: jax.Array, params: ArmParams = ARM2) -> jax.Array:
       >>> mass_matrix(jnp.array(Q0)).shape
       (2, 2)
     """
-    q = _check_vector(q, "q", 2, "= [q0, q1]")
+    q = check_vector(q, "q", 2, "= [q0, q1]")
     k1, k2, k3, k4 = _constants(params)
     c = jnp.cos(q[1])
     m11 = k1 + k2 * c
@@ -170,8 +181,8 @@ def bias_forces(q: jax.Array, dq: jax.Array, params: ArmParams = ARM2) -> jax.Ar
     Returns:
       `H`, shape `(2,)`.
     """
-    q = _check_vector(q, "q", 2, "= [q0, q1]")
-    dq = _check_vector(dq, "dq", 2, "= [dq0, dq1]")
+    q = check_vector(q, "q", 2, "= [q0, q1]")
+    dq = check_vector(dq, "dq", 2, "= [dq0, dq1]")
     _, k2, _, _ = _constants(params)
     s = jnp.sin(q[1])
     h0 = -k2 * s * (dq[0] * dq[1] + 0.5 * dq[1] ** 2)
@@ -183,7 +194,7 @@ def accelerations(state: jax.Array, torque: jax.Array,
                   params: ArmParams = ARM2) -> jax.Array:
     """Joint accelerations `ddq = M(q)^-1 (u - H(q, dq))` (continuous time).
 
-    Solved with the closed-form 2x2 inverse (Cramer's rule). The seed's code
+    Solved with the closed-form 2x2 inverse (Cramer's rule). DeWolf's (2016) code
     solves the same equations in another order, dividing by
     `M12 = K3 + K4 cos q1`, which vanishes at `q1 = +-2.19 rad` although the
     accelerations stay finite there; Cramer's rule divides only by
@@ -200,8 +211,8 @@ def accelerations(state: jax.Array, torque: jax.Array,
     Returns:
       `ddq`, shape `(2,)`.
     """
-    state = _check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
-    torque = _check_vector(torque, "torque", 2, "= [u0, u1]")
+    state = check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
+    torque = check_vector(torque, "torque", 2, "= [u0, u1]")
     q, dq = state[:2], state[2:]
     k1, k2, k3, k4 = _constants(params)
     c = jnp.cos(q[1])
@@ -230,23 +241,25 @@ def step(state: jax.Array, torque: jax.Array, dt: float = DT, *,
     Args:
       state: `[q0, q1, dq0, dq1]`, shape `(4,)`.
       torque: `[u0, u1]` (N m), shape `(2,)`.
-      dt: time step (s), seed 0.01.
+      dt: time step (s), finite and > 0; DeWolf (2016) uses 0.01.
       params: link lengths and masses.
-      squash_state: apply the seed's squashing (static Python bool).
+      squash_state: apply the squashing of DeWolf (2016) (static Python bool).
 
     Returns:
       The next state, shape `(4,)`.
 
     Raises:
-      ValueError: if `state` or `torque` has the wrong shape (at trace time).
+      ValueError: if `state` or `torque` has the wrong shape (at trace time),
+        or a concrete `dt` or link constant is not finite and > 0.
 
     Example:
       >>> s0 = jnp.array([*Q0, 0.0, 0.0])
       >>> step(s0, jnp.array([0.1, -0.1])).shape
       (4,)
     """
-    state = _check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
-    torque = _check_vector(torque, "torque", 2, "= [u0, u1]")
+    state = check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
+    torque = check_vector(torque, "torque", 2, "= [u0, u1]")
+    checks.check_finite_positive("dt", dt)
     ddq = accelerations(state, torque, params)
     dq = state[2:] + dt * ddq
     q = state[:2] + dt * dq
@@ -267,7 +280,7 @@ def kinetic_energy(state: jax.Array, params: ArmParams = ARM2) -> jax.Array:
     Returns:
       A scalar.
     """
-    state = _check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
+    state = check_vector(state, "state", 4, "= [q0, q1, dq0, dq1]")
     dq = state[2:]
     return 0.5 * dq @ (mass_matrix(state[:2], params) @ dq)
 
@@ -279,7 +292,7 @@ def joint_positions(q: jax.Array, params: ArmParams = ARM2) -> jax.Array:
       q: joint angles, shape `(2,)`.
       params: link lengths and masses.
     """
-    q = _check_vector(q, "q", 2, "= [q0, q1]")
+    q = check_vector(q, "q", 2, "= [q0, q1]")
     a0, a01 = q[0], q[0] + q[1]
     elbow = params.l1 * jnp.stack([jnp.cos(a0), jnp.sin(a0)])
     hand = elbow + params.l2 * jnp.stack([jnp.cos(a01), jnp.sin(a01)])
@@ -313,7 +326,7 @@ def inverse_kinematics(xy: jax.Array, params: ArmParams = ARM2,
         q1     = elbow * atan2(sqrt(1 - cos^2 q1), cos q1)
         q0     = atan2(y, x) - atan2(l2 sin q1, l1 + l2 cos q1)
 
-    `elbow = +1` (q1 > 0) is the branch of the seed's initial posture
+    `elbow = +1` (q1 > 0) is the branch of DeWolf's (2016) initial posture
     `Q0 = [0.736, 1.852]`; `elbow = -1` is the mirror-image solution.
 
     Out of reach (`|cos q1| > 1`), `cos q1` is clipped to +-1: the arm is then
@@ -334,10 +347,10 @@ def inverse_kinematics(xy: jax.Array, params: ArmParams = ARM2,
       >>> inverse_kinematics(jnp.array([0.0, 0.35]))  # doctest: +SKIP
       Array([0.7361348, 1.8522764], dtype=float32)
     """
-    xy = _check_vector(xy, "xy", 2, "= [x, y]")
+    xy = check_vector(xy, "xy", 2, "= [x, y]")
     if elbow not in (1, -1):
         raise ValueError(f"elbow must be +1 or -1, got {elbow!r}")
-    l1, l2 = params.l1, params.l2
+    l1, l2 = check_arm_params(params).l1, params.l2
     x, y = xy[0], xy[1]
     c = jnp.clip((x * x + y * y - l1 * l1 - l2 * l2) / (2.0 * l1 * l2), -1.0, 1.0)
     one_minus = 1.0 - c * c
@@ -348,224 +361,3 @@ def inverse_kinematics(xy: jax.Array, params: ArmParams = ARM2,
     q1 = jnp.arctan2(s, c)
     q0 = jnp.arctan2(y, x) - jnp.arctan2(l2 * s, l1 + l2 * c)
     return jnp.stack([q0, q1])
-
-
-# ---------------------------------------------------------------------------
-# n-link planar arm with dynamics derived from its Lagrangian by autodiff.
-# ---------------------------------------------------------------------------
-
-
-class PlanarArm(NamedTuple):
-    """An n-link planar arm (no gravity): per-link length, mass, inertia.
-
-    Link i is a rigid body of mass `masses[i]` whose centre of mass lies at
-    `com[i] * lengths[i]` along the link and whose moment of inertia about
-    that centre of mass is `inertias[i]`. Use `PlanarArm.rods` for uniform
-    rods (centre at the middle, inertia `m l^2 / 12`), the seed's 2-link arm.
-    """
-
-    lengths: tuple
-    masses: tuple
-    inertias: tuple
-    com: tuple
-
-    @classmethod
-    def rods(cls, lengths: Sequence[float], masses: Sequence[float]) -> "PlanarArm":
-        """Uniform rods: centre of mass mid-link, inertia m l^2 / 12."""
-        lengths = tuple(float(v) for v in lengths)
-        masses = tuple(float(v) for v in masses)
-        if len(lengths) != len(masses) or not lengths:
-            raise ValueError(f"lengths and masses must be non-empty and of equal length, "
-                             f"got {len(lengths)} and {len(masses)}")
-        inertias = tuple(m * l * l / 12.0 for l, m in zip(lengths, masses))
-        return cls(lengths, masses, inertias, (0.5,) * len(lengths))
-
-    @property
-    def n_links(self) -> int:
-        return len(self.lengths)
-
-
-ARM2_PLANAR = PlanarArm.rods((ARM2.l1, ARM2.l2), (ARM2.m1, ARM2.m2))
-"""The seed's 2-link arm as a `PlanarArm` (uniform rods)."""
-
-ARM3_PLANAR = PlanarArm(lengths=(2.0, 1.2, 0.7), masses=(10.0, 10.0, 10.0),
-                        inertias=(100.0, 100.0, 100.0), com=(0.5, 0.5, 0.5))
-"""Link constants of the seed's 3-link arm (DeWolf's MapleSim model: lengths,
-masses, inertias about the centre of mass); the dynamics here are our own
-Lagrangian ones, not the MapleSim simulation."""
-
-
-def _check_planar_state(state, arm: PlanarArm) -> jax.Array:
-    n = arm.n_links
-    names = ", ".join([f"q{i}" for i in range(n)] + [f"dq{i}" for i in range(n)])
-    return _check_vector(state, "state", 2 * n, f"= [{names}]")
-
-
-def planar_points(q: jax.Array, arm: PlanarArm) -> jax.Array:
-    """Positions of the joints and the hand, shape `(n + 1, 2)`; the last row is the hand.
-
-    Args:
-      q: joint angles (relative, as in the 2-link arm), shape `(n,)`.
-      arm: link constants.
-    """
-    q = _check_vector(q, "q", arm.n_links, "(one angle per link)")
-    angles = jnp.cumsum(q)
-    segs = jnp.asarray(arm.lengths, q.dtype)[:, None] * jnp.stack(
-        [jnp.cos(angles), jnp.sin(angles)], axis=1)
-    return jnp.concatenate([jnp.zeros((1, 2), q.dtype), jnp.cumsum(segs, axis=0)])
-
-
-def planar_hand_position(q: jax.Array, arm: PlanarArm) -> jax.Array:
-    """Forward kinematics of the n-link arm: the hand's (x, y), shape `(2,)`."""
-    return planar_points(q, arm)[-1]
-
-
-def _planar_kinetic(q: jax.Array, dq: jax.Array, arm: PlanarArm) -> jax.Array:
-    # Absolute angular velocity of link i is the sum of the relative rates.
-    omega = jnp.cumsum(dq)
-
-    def coms(q_):
-        pts = planar_points(q_, arm)
-        frac = jnp.asarray(arm.com, q_.dtype)[:, None]
-        return pts[:-1] + frac * (pts[1:] - pts[:-1])
-
-    # Centre-of-mass velocities v = d com / dt = J(q) dq, as one jvp.
-    _, v = jax.jvp(coms, (q,), (dq,))
-    m = jnp.asarray(arm.masses, q.dtype)
-    inertia = jnp.asarray(arm.inertias, q.dtype)
-    return 0.5 * jnp.sum(m * jnp.sum(v * v, axis=1)) + 0.5 * jnp.sum(inertia * omega**2)
-
-
-def planar_kinetic_energy(state: jax.Array, arm: PlanarArm) -> jax.Array:
-    """Kinetic energy of the n-link arm, `sum_i m_i |v_i|^2 / 2 + I_i w_i^2 / 2`.
-
-    Args:
-      state: `[q, dq]`, shape `(2n,)`.
-      arm: link constants.
-    """
-    state = _check_planar_state(state, arm)
-    n = arm.n_links
-    return _planar_kinetic(state[:n], state[n:], arm)
-
-
-def planar_mass_matrix(q: jax.Array, arm: PlanarArm) -> jax.Array:
-    """`M(q) = d^2 T / d dq^2`: the Hessian of the kinetic energy in the velocities.
-
-    T is quadratic in dq, so the Hessian at dq = 0 is exact. Symmetrised
-    (`(M + M^T) / 2`) because autodiff's two passes can differ in the last
-    bit and a solver downstream may rely on exact symmetry.
-
-    Args:
-      q: joint angles, shape `(n,)`.
-      arm: link constants.
-
-    Returns:
-      `M`, shape `(n, n)`, symmetric positive definite.
-    """
-    q = _check_vector(q, "q", arm.n_links, "(one angle per link)")
-    m = jax.hessian(lambda dq: _planar_kinetic(q, dq, arm))(jnp.zeros_like(q))
-    return 0.5 * (m + m.T)
-
-
-def planar_accelerations(state: jax.Array, torque: jax.Array, arm: PlanarArm) -> jax.Array:
-    """`ddq` from the Euler-Lagrange equations, by autodiff of the Lagrangian L = T.
-
-        d/dt (dL/ddq) - dL/dq = u
-        =>  M(q) ddq = u - [ (d/dq (M(q) dq)) dq - dT/dq ]
-
-    The bracket (Coriolis and centrifugal terms) is one jvp of `q -> M(q) dq`
-    along `dq` minus the gradient of T in q. `M` is solved by Cholesky (it
-    is symmetric positive definite).
-
-    Args:
-      state: `[q, dq]`, shape `(2n,)`.
-      torque: joint torques, shape `(n,)`.
-      arm: link constants.
-
-    Returns:
-      `ddq`, shape `(n,)`.
-    """
-    state = _check_planar_state(state, arm)
-    n = arm.n_links
-    torque = _check_vector(torque, "torque", n, "(one torque per joint)")
-    q, dq = state[:n], state[n:]
-    m = planar_mass_matrix(q, arm)
-    _, mdot_dq = jax.jvp(lambda q_: planar_mass_matrix(q_, arm) @ dq, (q,), (dq,))
-    dt_dq = jax.grad(_planar_kinetic, argnums=0)(q, dq, arm)
-    bias = mdot_dq - dt_dq
-    chol = jax.scipy.linalg.cho_factor(m, lower=True)
-    return jax.scipy.linalg.cho_solve(chol, torque - bias)
-
-
-def planar_step(state: jax.Array, torque: jax.Array, dt: float = DT, *,
-                arm: PlanarArm = ARM2_PLANAR, squash_state: bool = True) -> jax.Array:
-    """One semi-implicit Euler step of the n-link arm (same scheme as `step`).
-
-    Args:
-      state: `[q, dq]`, shape `(2n,)`.
-      torque: shape `(n,)`.
-      dt: time step (s).
-      arm: link constants (default: the seed's 2-link arm as rods).
-      squash_state: apply the seed's squashing.
-
-    Returns:
-      The next state, shape `(2n,)`.
-
-    Example:
-      >>> s = planar_step(jnp.zeros(6), jnp.ones(3), arm=ARM3_PLANAR)
-      >>> s.shape
-      (6,)
-    """
-    state = _check_planar_state(state, arm)
-    n = arm.n_links
-    ddq = planar_accelerations(state, torque, arm)
-    dq = state[n:] + dt * ddq
-    q = state[:n] + dt * dq
-    new = jnp.concatenate([q, dq])
-    return squash(new) if squash_state else new
-
-
-def planar_inverse_kinematics(xy: jax.Array, arm: PlanarArm, q_rest: jax.Array,
-                              weights: jax.Array | None = None,
-                              iterations: int = 50) -> jax.Array:
-    """Redundant inverse kinematics: the posture nearest `q_rest` that puts the hand at `xy`.
-
-        minimise (q - q_rest)^T W (q - q_rest)  subject to  fk(q) = xy
-
-    (the seed's 3-link criterion, with W = diag(1, 1, 1.3) there), solved by
-    a fixed number of Gauss-Newton steps on the linearised constraint
-    `fk(q) + J (q' - q) = xy`:
-
-        q' = q_rest + W^-1 J^T (J W^-1 J^T)^-1 (xy - fk(q) + J (q - q_rest))
-
-    A tiny Tikhonov term on `J W^-1 J^T` (relative to its trace) keeps the
-    2x2 solve finite at singular postures. Check the result with
-    `planar_hand_position` when targets may be out of reach.
-
-    Args:
-      xy: hand target, shape `(2,)`.
-      arm: link constants.
-      q_rest: resting posture and starting point, shape `(n,)`.
-      weights: diagonal of W, shape `(n,)` (default ones).
-      iterations: Gauss-Newton steps (static).
-
-    Returns:
-      Joint angles, shape `(n,)`.
-    """
-    n = arm.n_links
-    xy = _check_vector(xy, "xy", 2, "= [x, y]")
-    q_rest = _check_vector(q_rest, "q_rest", n, "(one angle per link)")
-    w = jnp.ones(n, q_rest.dtype) if weights is None else _check_vector(
-        weights, "weights", n, "(one weight per joint)")
-    w_inv = 1.0 / w
-    eps = jnp.finfo(q_rest.dtype).eps
-
-    def body(_, q):
-        fk = planar_hand_position(q, arm)
-        jac = jax.jacfwd(planar_hand_position)(q, arm)
-        a = (jac * w_inv) @ jac.T
-        a = a + (eps * jnp.trace(a)) * jnp.eye(2, dtype=a.dtype)
-        rhs = xy - fk + jac @ (q - q_rest)
-        return q_rest + w_inv * (jac.T @ jnp.linalg.solve(a, rhs))
-
-    return jax.lax.fori_loop(0, iterations, body, q_rest)

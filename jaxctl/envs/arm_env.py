@@ -9,7 +9,7 @@ module imports it, `jaxctl.envs.arm` and `jaxctl.envs.reach_task` do not.
 The interface of the installed gymnax (>= 1.0) returns
 `(obs, state, reward, terminated, truncated, info)` from `step`; older gymnax
 returned `(obs, state, reward, done, info)`. An episode is one reach of
-`max_steps_in_episode` steps (seed: 40) from the seed's start posture to a
+`max_steps_in_episode` steps (DeWolf 2016: 40) from his start posture to a
 target drawn uniformly from the target set; the episode ends by truncation
 (`terminated` is always False), and the return is minus the task loss:
 
@@ -17,11 +17,13 @@ target drawn uniformly from the target set; the episode ends by truncation
     w_t = 1 at the last step, `every_step_weight` before it.
 
 Transitions are differentiable (`env.with_transition_gradients()` keeps
-gradients through `step`), though training with `jaxctl.envs.reach_task.rollout`
+gradients through `step`), though training with `jaxctl.envs.closed_loop.rollout`
 is the direct route.
 
 References:
   I. Sutskever (2013), "Training recurrent neural networks", PhD thesis, ch. 6.
+  T. DeWolf (2016), "Deep learning for control using augmented Hessian-free
+  optimization", studywolf blog (the task's constants).
   R. T. Lange (2022), gymnax: a JAX-based reinforcement learning environment library.
 """
 
@@ -35,6 +37,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 import jaxctl.envs.arm as _arm
+import jaxctl.envs.closed_loop as _loop
 import jaxctl.envs.reach_task as _task
 
 
@@ -58,27 +61,27 @@ class ArmEnvParams(environment.EnvParams):
     """Task constants (all may be traced; none selects a code path).
 
     Fields:
-      dt: integration step (s), seed 0.01.
-      alpha: torque-penalty gain, seed `10e-3 * dt`.
+      dt: integration step (s), DeWolf (2016): 0.01.
+      alpha: torque-penalty gain, DeWolf (2016): `10e-3 * dt`.
       every_step_weight: weight of the state error before the last step
-        (0: the seed's final-state loss; 1: distance at every step).
+        (0: the final-state loss of DeWolf 2016; 1: distance at every step).
       max_torque: half-width of the action space used by `action_space().sample`;
-        actions are NOT clipped (the seed's arm has no torque limit).
-      max_steps_in_episode: steps per reach, seed 40.
+        actions are NOT clipped (the arm of DeWolf 2016 has no torque limit).
+      max_steps_in_episode: steps per reach, DeWolf (2016): 40.
     """
 
     dt: float = _arm.DT
     alpha: float = _task.ALPHA
     every_step_weight: float = 0.0
     max_torque: float = 5.0
-    max_steps_in_episode: int = _task.T_SEED
+    max_steps_in_episode: int = _task.T_DEWOLF
 
 
 class ArmReach(environment.Environment[ArmEnvState, ArmEnvParams]):
-    """Centre-out reaching with the seed's 2-link arm as a gymnax environment.
+    """Centre-out reaching with the 2-link arm of DeWolf (2016) as a gymnax environment.
 
     Observation: `[target state, plant state]`, shape `(8,)` (the network
-    input of the seed). Action: torques `(2,)` (N m).
+    input of DeWolf 2016). Action: torques `(2,)` (N m).
 
     Args:
       targets: a `jaxctl.envs.reach_task.TargetSet` (default: the 64 training targets).
@@ -133,7 +136,7 @@ class ArmReach(environment.Environment[ArmEnvState, ArmEnvParams]):
         return obs, new_state, reward, jnp.zeros((), bool), info
 
     def get_obs(self, state: ArmEnvState, params=None, key=None) -> jax.Array:
-        return _task.network_input(state.target_state, jnp.concatenate([state.q, state.dq]))
+        return _loop.network_input(state.target_state, jnp.concatenate([state.q, state.dq]))
 
     def is_terminated(self, state: ArmEnvState, params: ArmEnvParams) -> jax.Array:
         return jnp.zeros((), bool)

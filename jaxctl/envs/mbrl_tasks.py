@@ -49,7 +49,7 @@ FORWARD_TASKS: dict[str, ForwardTask] = {
 
 
 def forward_velocity_reward(velocity_index: int, ctrl_cost_weight: float = 0.0) -> Callable:
-    """The seed's "x_vel" task: forward velocity after the step minus a control cost.
+    """The "x_vel" task (Nagabandi et al. 2018): forward velocity after the step minus control cost.
 
     `r(s, a, s') = s'[i] - w ||a||^2`, with `i` the x-velocity entry of the
     observation (`FORWARD_TASKS` lists it for the gymnasium tasks).
