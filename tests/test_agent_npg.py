@@ -1,4 +1,4 @@
-"""The NPG agent (`jaxctl.apps.npg`) and `jaxctl npg --quick`.
+"""The NPG sessions (`jaxctl.experiments.npg_sessions`) and `jaxctl npg --quick`.
 
 Oracles: the same sessions run one at a time (vmap must not change them);
 the initial policy's return (training must beat it); the per-batch figures
@@ -14,11 +14,11 @@ import pytest
 
 pytest.importorskip("gymnax")
 
-from jaxctl.apps import npg as agent  # noqa: E402
+import jaxctl.experiments.npg_sessions as agent  # noqa: E402
 from jaxctl.apps.cli import build_parser, main  # noqa: E402
 
 CHUNK = 4
-CONFIG = agent.Config(delta=0.002, rel_damping=0.01, bootstrap=True)
+CONFIG = agent.NPGSettings(delta=0.002, rel_damping=0.01, bootstrap=True)
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +103,20 @@ def test_cli_npg_quick_writes_results_and_plots(tmp_path):
     assert os.path.getsize(out / "npg_pendulum.png") > 1000
 
 
-def test_unknown_variant_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--variants"):
-        main(["npg", "--quick", "--variants", "npg-damped,sgd", "--out", str(tmp_path)])
+def test_session_trainer_logs_every_batch_and_calls_back(compiled):
+    trainer = agent.SessionTrainer(CONFIG, CHUNK)
+    seen = []
+    state, log = trainer.run(trainer.initial_state(agent.session_keys(2, 2)), 2 * CHUNK,
+                             lambda st, done, m: seen.append((done, m.max_return.shape)))
+    assert seen == [(CHUNK, (2, CHUNK)), (2 * CHUNK, (2, CHUNK))]
+    assert log["metrics"].max_return.shape == (2, 2 * CHUNK)
+    assert np.all(np.asarray(state.batch) == 2 * CHUNK)
+    with pytest.raises(ValueError, match="multiple of chunk"):
+        trainer.run(state, CHUNK + 1)
 
 
 def test_help_documents_npg_flags():
     sub = build_parser()._subparsers._group_actions[0].choices["npg"].format_help()
     for flag in ("--out", "--quick", "--single-thread", "--sessions", "--batches", "--delta",
-                 "--rel-damping", "--variants", "--pendulum-batches"):
+                 "--rel-damping", "--variants", "--pendulum-batches", "--dewolf-delta"):
         assert flag in sub

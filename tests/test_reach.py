@@ -1,8 +1,9 @@
-"""Tests of `jaxctl reach` (`jaxctl.apps.reach`): HF training through the
-closed loop, checkpoints, resume, and the command end to end.
+"""Tests of the reach experiment (`jaxctl.experiments.reach_model`,
+`reach_train`) and of `jaxctl reach`: HF training through the closed loop,
+checkpoints, resume, and the command end to end.
 
 Tiny sizes (8 units, T = 10, 8 targets); every test shares the compiled
-functions through `reach.get_trainer` (cached per settings).
+functions through `reach_train.get_trainer` (cached per settings).
 """
 
 import json
@@ -13,19 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxctl.apps import cli
-from jaxctl.envs import arm
-from jaxctl.envs import reach_task as rt
-from jaxctl.apps import reach
+import jaxctl.apps.cli as cli
+import jaxctl.apps.reach as reach_app
+import jaxctl.envs.reach_task as rt
+import jaxctl.experiments.reach_model as reach
+import jaxctl.experiments.reach_train as train
 from jaxctl.core.gauss_newton import gauss_newton_model
+from jaxctl.util.checkpoint import CheckpointError
 
-TINY = reach.Settings(hidden=8, steps=10, targets=8, cg_iters=20, alpha=1e-6)
+TINY = reach.ReachSettings(hidden=8, steps=10, targets=8, cg_iters=20, alpha=1e-6)
 TINY_FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-iters", "20", "--alpha", "1e-6"]
 
 
 @pytest.fixture(scope="module")
 def trainer():
-    return reach.get_trainer(TINY)
+    return train.get_trainer(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +132,8 @@ def test_resume_is_bitwise_identical(trainer, trained, tmp_path):
     _, s16 = trained
     s8 = trainer.run(trainer.initial_state(), 8, eval_every=4)
     path = str(tmp_path / "ck.npz")
-    reach.save_checkpoint(path, s8, TINY)
-    loaded = reach.load_checkpoint(path, TINY, trainer.initial_state())
+    train.save_reach_checkpoint(path, s8, TINY)
+    loaded = train.load_reach_checkpoint(path, TINY, trainer.initial_state())
     _same_tree(loaded.params, s8.params)
     assert loaded.iteration == 8
     resumed = trainer.run(loaded, 16, eval_every=4)
@@ -144,60 +147,60 @@ def test_resume_fixed_inputs_mid_window(tmp_path):
     """Regime (b) with hold 2: resuming at iteration 3 (mid-window) needs the
     recorded inputs from the checkpoint."""
     s = TINY._replace(regime="fixed-inputs", hold=2, torque_noise=0.1)
-    tr = reach.get_trainer(s)
+    tr = train.get_trainer(s)
     full = tr.run(tr.initial_state(), 4, eval_every=0)
     part = tr.run(tr.initial_state(), 3, eval_every=0)
     path = str(tmp_path / "ck.npz")
-    reach.save_checkpoint(path, part, s)
-    resumed = tr.run(reach.load_checkpoint(path, s, tr.initial_state()), 4, eval_every=0)
+    train.save_reach_checkpoint(path, part, s)
+    resumed = tr.run(train.load_reach_checkpoint(path, s, tr.initial_state()), 4, eval_every=0)
     _same_tree(resumed.params, full.params)
     assert full.history["new_loss"][-1] < full.history["loss"][0]
 
 
 def test_missing_and_corrupt_checkpoints(trainer, trained, tmp_path):
     template = trainer.initial_state()
-    with pytest.raises(reach.CheckpointError, match="no checkpoint"):
-        reach.load_checkpoint(str(tmp_path / "none.npz"), TINY, template)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train.load_reach_checkpoint(str(tmp_path / "none.npz"), TINY, template)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file at all")
-    with pytest.raises(reach.CheckpointError, match="corrupt"):
-        reach.load_checkpoint(str(garbage), TINY, template)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train.load_reach_checkpoint(str(garbage), TINY, template)
     # a valid file whose contents were altered: the checksum catches it
     path = str(tmp_path / "ck.npz")
-    reach.save_checkpoint(path, trained[1], TINY)
+    train.save_reach_checkpoint(path, trained[1], TINY)
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
-    arrays["params['w']['0->1']"] = arrays["params['w']['0->1']"] + np.float32(1e-3)
+    arrays["leaf00000"] = arrays["leaf00000"] + np.float32(1e-3)
     np.savez(path, **arrays)
-    with pytest.raises(reach.CheckpointError, match="checksum"):
-        reach.load_checkpoint(path, TINY, template)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        train.load_reach_checkpoint(path, TINY, template)
     # truncated file
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(reach.CheckpointError, match="corrupt"):
-        reach.load_checkpoint(path, TINY, template)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train.load_reach_checkpoint(path, TINY, template)
 
 
 def test_settings_mismatch_is_an_error(trainer, trained, tmp_path):
     path = str(tmp_path / "ck.npz")
-    reach.save_checkpoint(path, trained[1], TINY)
+    train.save_reach_checkpoint(path, trained[1], TINY)
     other = TINY._replace(damping=1e-2)
-    with pytest.raises(reach.CheckpointError, match="damping"):
-        reach.load_checkpoint(path, other, trainer.initial_state())
+    with pytest.raises(CheckpointError, match="damping"):
+        train.load_reach_checkpoint(path, other, trainer.initial_state())
 
 
 def test_non_finite_state_never_reaches_the_checkpoint(trainer, trained, tmp_path):
     path = str(tmp_path / "ck.npz")
     good = trained[1]
-    reach.save_checkpoint(path, good, TINY)
+    train.save_reach_checkpoint(path, good, TINY)
     before = open(path, "rb").read()
     bad_params = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), good.params)
     with pytest.raises(ValueError, match="non-finite"):
-        reach.save_checkpoint(path, good._replace(params=bad_params), TINY)
+        train.save_reach_checkpoint(path, good._replace(params=bad_params), TINY)
     hist = {k: list(v) for k, v in good.history.items()}
     hist["new_loss"][-1] = float("inf")
     with pytest.raises(ValueError, match="loss"):
-        reach.save_checkpoint(path, good._replace(history=hist), TINY)
+        train.save_reach_checkpoint(path, good._replace(history=hist), TINY)
     assert open(path, "rb").read() == before
     # and HF itself rejects a step whose loss is not finite: a NaN in the
     # weights gives a NaN loss, the parameters are returned unchanged
@@ -208,36 +211,41 @@ def test_non_finite_state_never_reaches_the_checkpoint(trainer, trained, tmp_pat
 
 def test_bad_flags_raise_value_errors():
     with pytest.raises(ValueError, match="--hidden"):
-        reach.Settings(hidden=0).validate()
+        reach.ReachSettings(hidden=0).validate()
     with pytest.raises(ValueError, match="--regime"):
-        reach.Settings(regime="open").validate()
+        reach.ReachSettings(regime="open").validate()
     with pytest.raises(ValueError, match="--delay"):
-        reach.Settings(steps=10, delay=10).validate()
+        reach.ReachSettings(steps=10, delay=10).validate()
 
 
-def test_cli_end_to_end_with_interrupt_and_resume(tmp_path, monkeypatch):
+def test_cli_end_to_end_with_interrupt_and_resume(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "run")
     flags = ["reach", "--quick", "--out", out, *TINY_FLAGS, "--iterations", "5",
              "--eval-every", "2", "--checkpoint-every", "2"]
     # Ctrl-C after the third iteration: checkpoint saved, clean exit
-    real_update = reach._common.Progress.update
+    real_update = reach_app.Progress.update
 
     def interrupt(self, count, **metrics):
         real_update(self, count, **metrics)
         if count == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(reach._common.Progress, "update", interrupt)
+    monkeypatch.setattr(reach_app.Progress, "update", interrupt)
     with pytest.raises(SystemExit) as exc:
         cli.main(flags)
     assert exc.value.code == 130
-    monkeypatch.setattr(reach._common.Progress, "update", real_update)
-    # a fresh run into the same folder refuses to overwrite it
-    with pytest.raises(reach.CheckpointError, match="--resume"):
-        cli.main(flags)
-    # resuming with other settings is refused
-    with pytest.raises(reach.CheckpointError, match="hidden"):
-        cli.main([*flags[:4], "--hidden", "9", *flags[6:], "--resume"])
+    assert "checkpoint of iteration 3" in capsys.readouterr().err
+    monkeypatch.setattr(reach_app.Progress, "update", real_update)
+    before = open(os.path.join(out, "checkpoint.npz"), "rb").read()
+    # a fresh run into the same folder refuses to overwrite it; resuming with
+    # other settings is refused: one line each, exit 2, the checkpoint untouched
+    for argv, words in ((flags, "pass --resume"),
+                        ([*flags[:4], "--hidden", "9", *flags[6:], "--resume"], "hidden")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and words in err and len(err.splitlines()) == 1, err
+    assert open(os.path.join(out, "checkpoint.npz"), "rb").read() == before
     assert cli.main([*flags, "--resume"]) == 0
     with open(os.path.join(out, "results.json")) as f:
         res = json.load(f)["results"]
@@ -248,18 +256,15 @@ def test_cli_end_to_end_with_interrupt_and_resume(tmp_path, monkeypatch):
     assert res["loss_final"] < res["loss_initial"]
     assert res["train_seconds"] > 0 and res["compile_seconds"] >= 0
     # identical to an uninterrupted run of 5 iterations
-    tr = reach.get_trainer(TINY)
+    tr = train.get_trainer(TINY)
     ref = tr.run(tr.initial_state(), 5, eval_every=2)
     assert res["history"]["new_loss"] == ref.history["new_loss"]
-    # missing checkpoint with --resume
-    with pytest.raises(reach.CheckpointError, match="no checkpoint"):
-        cli.main(["reach", "--quick", "--out", str(tmp_path / "empty"), *TINY_FLAGS, "--resume"])
 
 
 @pytest.mark.slow
-def test_seed_settings_reach_sub_millimetre(tmp_path):
-    """32 units, T = 40, alpha = 1e-6: mean < 0.1 mm, max < 0.5 mm (with the
-    seed's alpha = 1e-4 the loss's own optimum is ~2-5 mm from the targets)."""
+def test_default_settings_reach_sub_millimetre(tmp_path):
+    """32 units, T = 40, alpha = 1e-6: mean < 0.1 mm, max < 0.5 mm (with
+    DeWolf's (2016) alpha = 1e-4 the loss's own optimum is ~2-5 mm from the targets)."""
     out = str(tmp_path / "run")
     assert cli.main(["reach", "--out", out, "--alpha", "1e-6"]) == 0
     with open(os.path.join(out, "results.json")) as f:

@@ -7,7 +7,7 @@ both sides of every comparison interleaved in one process (minimum of many
 repeats):
 
 1. per-sample gradients: `jit(vmap(grad))` against an un-jitted Python loop
-   of `jax.grad` (the seed's approach) and against one batched gradient of
+   of `jax.grad` (the approach of DeWolf 2018) and against one batched gradient of
    the mean (the lower bound: materialising G is memory-bound);
 2. the full normalized NPG step (scores, Fisher solve, step) with every
    method against a numpy pipeline (numpy `eigh` of the dense Fisher);
@@ -22,7 +22,9 @@ import argparse
 import time
 from typing import Any
 
-from jaxctl.apps import common as _common
+import jaxctl.apps.common as _common
+from jaxctl.apps.flags import integer, real
+from jaxctl.experiments.progress import Progress
 
 POLICY_SIZES = (4, 32, 32, 2)
 METHODS = ("svd", "gram", "eigh", "cg")
@@ -31,18 +33,32 @@ ACCURATE_COSINE = 0.999
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000],
+    """Flags of `jaxctl bench`."""
+    parser.add_argument("--sizes", type=integer(1), nargs="+", default=[200, 2000],
                         help="numbers of scores T to benchmark")
-    parser.add_argument("--repeats", type=int, default=30, help="timing repeats (minimum is reported)")
-    parser.add_argument("--delta", type=float, default=0.01, help="normalized step size delta")
-    parser.add_argument("--loop-samples", type=int, default=200,
+    parser.add_argument("--repeats", type=integer(1), default=30,
+                        help="timing repeats (minimum is reported)")
+    parser.add_argument("--delta", type=real(0, low_open=True), default=0.01,
+                        help="normalized step size delta")
+    parser.add_argument("--loop-samples", type=integer(1), default=200,
                         help="samples timed in the un-jitted Python loop (its per-sample cost is "
                              "extrapolated to T beyond this)")
-    parser.add_argument("--wide-hidden", type=int, nargs="+", default=[64, 128, 256],
+    parser.add_argument("--wide-hidden", type=integer(1), nargs="+", default=[64, 128, 256],
                         help="hidden widths of the 3-layer MLP for the matrix-free part "
                              "(256 gives P = 133k)")
-    parser.add_argument("--wide-T", type=int, default=2000, help="scores T in the matrix-free part")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--wide-T", type=integer(1), default=2000,
+                        help="scores T in the matrix-free part")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the problems")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """`--quick` shrinks the sizes (argparse has range-checked every flag)."""
+    if args.quick:
+        args.sizes = [200]
+        args.repeats = min(args.repeats, 5)
+        args.loop_samples = min(args.loop_samples, 30)
+        args.wide_hidden = [64]
+        args.wide_T = min(args.wide_T, 500)
 
 
 # ------------------------------------------------------------------ problem
@@ -52,7 +68,7 @@ def _make_batch(key, sizes, T):
     """Policy `sizes` (tanh MLP mean, log-std -0.5), T states, sampled actions, advantages."""
     import jax
 
-    from jaxctl import gaussian_policy
+    from jaxctl.models.policies import gaussian_policy
 
     policy = gaussian_policy(sizes[0], sizes[-1], sizes[1:-1], output_scale=1.0, log_std_init=-0.5)
     k_init, k_s, k_a, k_adv = jax.random.split(key, 4)
@@ -91,7 +107,7 @@ def bench_per_sample(T: int, args, progress) -> dict[str, Any]:
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
-    from jaxctl import per_sample_grads, ravel_per_sample
+    from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 
     log_prob, params, states, actions, _ = _make_batch(jax.random.PRNGKey(args.seed), POLICY_SIZES, T)
     scores = jax.jit(lambda p, s, a: ravel_per_sample(per_sample_grads(log_prob, p, s, a))[0])
@@ -140,7 +156,9 @@ def bench_per_sample(T: int, args, progress) -> dict[str, Any]:
 def _jax_npg_step(log_prob, method: str, delta: float):
     import jax
 
-    from jaxctl import natural_gradient, normalized_step, per_sample_grads, ravel_per_sample
+    from jaxctl.core.fisher import natural_gradient
+    from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
+    from jaxctl.optim.npg import normalized_step
 
     def step(params, states, actions, advantages):
         G, unravel = ravel_per_sample(per_sample_grads(log_prob, params, states, actions))
@@ -155,7 +173,7 @@ def _jax_npg_step(log_prob, method: str, delta: float):
 
 
 def _numpy_npg_step(scores, delta: float, rtol: float = 1e-6):
-    """The seed's pipeline in numpy: dense Fisher, eigh, clip, normalized step.
+    """The pipeline of DeWolf (2018) in numpy: dense Fisher, eigh, clip, normalized step.
 
     numpy.linalg computes in float64 even for float32 input, so this is also
     the accuracy reference of the dense route.
@@ -182,7 +200,7 @@ def bench_npg_step(T: int, args, progress) -> dict[str, Any]:
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
-    from jaxctl import per_sample_grads, ravel_per_sample
+    from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 
     log_prob, params, states, actions, advantages = _make_batch(
         jax.random.PRNGKey(args.seed + 1), POLICY_SIZES, T)
@@ -224,7 +242,8 @@ def bench_matrix_free(args, progress) -> list[dict[str, Any]]:
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
-    from jaxctl import cg, fisher_operator
+    from jaxctl.core.cg import cg
+    from jaxctl.core.fisher import fisher_operator
 
     rows = []
     for width in args.wide_hidden:
@@ -280,20 +299,8 @@ def bench_matrix_free(args, progress) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     import os
 
-    if args.quick:
-        args.sizes = [200]
-        args.repeats = min(args.repeats, 5)
-        args.loop_samples = min(args.loop_samples, 30)
-        args.wide_hidden = [64]
-        args.wide_T = min(args.wide_T, 500)
-    bad = [name for name in ("repeats", "loop_samples", "wide_T") if getattr(args, name) < 1]
-    if bad or min(args.sizes) < 1 or min(args.wide_hidden) < 1:
-        raise SystemExit(f"jaxctl bench: sizes, widths, {', '.join(bad) or 'counts'} must be >= 1")
-    if args.delta <= 0:
-        raise SystemExit(f"jaxctl bench: --delta must be > 0, got {args.delta}")
-
     tasks = 2 * len(args.sizes) + len(args.wide_hidden)
-    bar = _common.Progress(tasks, desc="bench")
+    bar = Progress(tasks, desc="bench")
     done = [0]
 
     def progress():

@@ -1,20 +1,22 @@
 """Shared plumbing for the `jaxctl` experiments and benchmarks.
 
-Run folders and `results.json`, a progress bar, markdown tables, atomic
-writes, and the timing discipline every benchmark follows: compile time
+Run folders and `results.json`, markdown tables, and the timing discipline every benchmark follows: compile time
 measured apart, both sides of a comparison interleaved in one process, the
 minimum over many repeats reported (this machine is shared and noisy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
+
+from jaxctl.util.checkpoint import atomic_write_bytes
 
 SINGLE_THREAD_XLA_FLAGS = (
     "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -25,13 +27,19 @@ def request_single_thread() -> None:
     """Pins XLA and BLAS to one thread.
 
     XLA reads its flags when the first backend is created, so this works
-    after `import jax` but must run before the first computation.
+    after `import jax` but must run before the first computation. Whether a
+    backend has started is asked of jax's public config: updating
+    `jax_num_cpu_devices` raises once a backend exists (the value is put
+    back unchanged).
     """
-    if "jax" in sys.modules:
-        from jax._src import xla_bridge
+    import jax
 
-        if xla_bridge._backends:
-            raise RuntimeError("single-thread mode must be requested before jax runs anything")
+    current = jax.config.jax_num_cpu_devices
+    try:
+        jax.config.update("jax_num_cpu_devices", 1 if current != 1 else 2)
+    except RuntimeError as exc:
+        raise RuntimeError("single-thread mode must be requested before jax runs anything") from exc
+    jax.config.update("jax_num_cpu_devices", current)
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (flags + " " + SINGLE_THREAD_XLA_FLAGS).strip()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -49,22 +57,6 @@ def make_run_dir(out: str | None, command: str) -> str:
             out = os.path.join("runs", f"{command}-{stamp}-{suffix}")
     os.makedirs(out, exist_ok=True)
     return out
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to `path` so that a reader sees the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def environment_info() -> dict[str, Any]:
@@ -135,49 +127,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-class Progress:
-    """A one-line progress bar on stderr with live metrics.
-
-    On a terminal it redraws in place; otherwise (logs, CI) it prints a line
-    about every tenth of the work so long runs still show they are alive.
-    """
-
-    def __init__(self, total: int, desc: str = "", width: int = 24, stream=None):
-        self.total = max(int(total), 1)
-        self.desc = desc
-        self.width = width
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-        self.count = 0
-        self._tty = getattr(self.stream, "isatty", lambda: False)()
-        self._last_decile = -1
-
-    def update(self, count: int, **metrics: Any) -> None:
-        self.count = count
-        frac = min(count / self.total, 1.0)
-        elapsed = time.perf_counter() - self.start
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        shown = " ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
-        )
-        line = f"{self.desc} [{bar}] {count}/{self.total} {elapsed:6.1f}s {shown}"
-        if self._tty:
-            self.stream.write("\r" + line + "\033[K")
-            self.stream.flush()
-        else:
-            decile = int(frac * 10)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(line + "\n")
-                self.stream.flush()
-
-    def close(self) -> None:
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def block(tree: Any) -> Any:
     """Waits for every array in `tree` (timings must include the device work)."""
     import jax
@@ -211,3 +160,50 @@ def interleaved_min_seconds(calls: Mapping[str, Callable[[], Any]], repeats: int
             best[name] = min(best[name], time.perf_counter() - t0)
         rounds += 1
     return best
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+_INTERRUPT = {"defer": False, "requested": False}
+
+
+def _on_sigint(signum, frame) -> None:
+    if _INTERRUPT["defer"] and not _INTERRUPT["requested"]:
+        _INTERRUPT["requested"] = True
+        return
+    sys.stdout.flush()
+    sys.stderr.write("\ninterrupted; the last checkpoint written, if any, is intact\n")
+    sys.stderr.flush()
+    # No Python teardown: XLA may be compiling or running on its own threads,
+    # and unwinding through them crashed the process (SIGSEGV).
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def interrupt_handler():
+    """Ctrl-C ends the command at once with exit code 130 and one line.
+
+    Inside `deferred_interrupts()` it only sets a flag that the loop checks at
+    a safe point (`interrupt_requested()`); a second Ctrl-C ends at once.
+    The previous handler is restored on exit.
+    """
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Within this block a Ctrl-C sets `interrupt_requested()` instead of ending."""
+    _INTERRUPT.update(defer=True, requested=False)
+    try:
+        yield
+    finally:
+        _INTERRUPT.update(defer=False, requested=False)
+
+
+def interrupt_requested() -> bool:
+    """True once Ctrl-C was pressed inside `deferred_interrupts()`."""
+    return _INTERRUPT["requested"]

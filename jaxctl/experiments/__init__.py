@@ -1,0 +1,16 @@
+"""Layer 4, the headline experiments as library code (the `jaxctl` commands run them).
+
+- `reach_model`, `reach_train`: the recurrent network trained by Hessian-free
+  through the arm's closed loop (DeWolf 2016; Sutskever 2013);
+- `npg_sessions`: vmapped natural-policy-gradient sessions on gymnax
+  (DeWolf 2018; Rajeswaran et al. 2017);
+- `mbrl`, `mbrl_pendulum`, `mbrl_mujoco`: learned dynamics + MPC with data
+  aggregation (Nagabandi et al. 2018);
+- `progress`: the progress bar their loops show.
+
+One idiom throughout: a `NamedTuple` of settings (`ReachSettings`,
+`NPGSettings`, `MBRLSettings`) builds a trainer (`ReachTrainer`,
+`SessionTrainer`, `ModelTrainer`) that compiles once, gives an
+`initial_state(...)` and advances it with `run(state, ..., callback)`,
+calling `callback(state, done, metrics)` after each unit of work.
+"""
