@@ -40,8 +40,9 @@ def carry_zero(*refs: jax.Array, dtype=None) -> jax.Array:
     carry built from it matches the carry a step computed from `refs` returns.
 
     Example:
-      >>> carry_zero(jnp.ones(3), jnp.ones((2, 2)))
-      Array(0., dtype=float32)
+      >>> z = carry_zero(jnp.ones(3), jnp.ones((2, 2)))
+      >>> z.shape, float(z)
+      ((), 0.0)
     """
     if not refs:
         raise ValueError("carry_zero needs at least one reference array")
@@ -70,8 +71,8 @@ def simulate(dynamics: Dynamics, state: jax.Array, actions: jax.Array) -> jax.Ar
       `(H + 1, n)` states `x_0 .. x_H`.
 
     Example:
-      >>> simulate(lambda x, u: x + u, jnp.zeros(1), jnp.ones((3, 1)))[:, 0]
-      Array([0., 1., 2., 3.], dtype=float32)
+      >>> simulate(lambda x, u: x + u, jnp.zeros(1), jnp.ones((3, 1)))[:, 0].tolist()
+      [0.0, 1.0, 2.0, 3.0]
     """
     actions = _check_actions(actions)
     state = checks.as_float("state", state)
@@ -103,8 +104,8 @@ def rollout(dynamics: Dynamics, reward: Reward, state: jax.Array,
     Example:
       >>> xs, rs = rollout(lambda x, u: x + u, lambda x, u, y: -y @ y,
       ...                  jnp.zeros(1), jnp.ones((2, 1)))
-      >>> rs
-      Array([-1., -4.], dtype=float32)
+      >>> rs.tolist()
+      [-1.0, -4.0]
     """
     actions = _check_actions(actions)
     state = checks.as_float("state", state)
@@ -132,8 +133,8 @@ def shift_actions(actions: jax.Array, fill: jax.Array | float | None = None) -> 
       `(H, m)` shifted plan.
 
     Example:
-      >>> shift_actions(jnp.arange(3.0)[:, None], 0.0)[:, 0]
-      Array([1., 2., 0.], dtype=float32)
+      >>> shift_actions(jnp.arange(3.0)[:, None], 0.0)[:, 0].tolist()
+      [1.0, 2.0, 0.0]
     """
     actions = _check_actions(actions)
     last = actions[-1] if fill is None else jnp.broadcast_to(

@@ -150,8 +150,8 @@ def normalization_stats(data: Transitions, count: jax.Array | int | None = None,
 
     Example:
       >>> d = Transitions(jnp.zeros((4, 2)), jnp.ones((4, 1)), jnp.ones((4, 2)))
-      >>> normalization_stats(d).delta_mean
-      Array([1., 1.], dtype=float32)
+      >>> normalization_stats(d).delta_mean.tolist()
+      [1.0, 1.0]
 
     References:
       Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596, Sec. IV-A.
