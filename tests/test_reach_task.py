@@ -167,6 +167,11 @@ def test_rollout_bad_arguments():
         closed_loop.rollout(zero, (), jnp.zeros(0), jnp.zeros(0), 5)
     with pytest.raises(ValueError, match="T must be an integer"):
         closed_loop.rollout(zero, (), x0, x0, 5.0)
+    for make in (task.final_weights, task.every_step_weights):  # empty horizons name T
+        with pytest.raises(ValueError, match="T must be an integer >= 1"):
+            make(0)
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        task.circle_points(0)
 
 
 def _directional_fd(f, theta, direction, eps):

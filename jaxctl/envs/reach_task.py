@@ -46,6 +46,7 @@ import jax.numpy as jnp
 
 import jaxctl.envs.arm as _arm
 import jaxctl.envs.planar_arm as _planar
+from jaxctl.util import checks
 
 ALPHA = 10e-3 * _arm.DT
 """Gain on the torque penalty of DeWolf (2016), `10e-3 * dt` (= 1e-4 at dt = 0.01)."""
@@ -104,12 +105,11 @@ def circle_points(n: int = N_TARGETS, centre=CENTRE, radius: float = RADIUS,
     Returns:
       `(xy, angle)` with shapes `(n, 2)` and `(n,)`.
     """
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = checks.check_positive_int("n", n)
     dtype = dtype if dtype is not None else jnp.result_type(float)
     # Angles computed in Python float64 then cast, so float32 targets are
     # correctly rounded rather than accumulating a float32 product error.
-    angles = [phase + 2.0 * math.pi * k / n for k in range(int(n))]
+    angles = [phase + 2.0 * math.pi * k / n for k in range(n)]
     xy = [(centre[0] + radius * math.cos(a), centre[1] + radius * math.sin(a)) for a in angles]
     return jnp.asarray(xy, dtype), jnp.asarray(angles, dtype)
 
@@ -178,12 +178,13 @@ def planar_circle_targets(arm: _planar.PlanarArm, q_rest, n: int = N_TARGETS,
 
 def final_weights(T: int, dtype=None) -> jax.Array:
     """State-error weights of the loss of DeWolf (2016): the final state only, shape `(T,)`."""
+    T = checks.check_positive_int("T", T)
     return jnp.zeros(T, dtype or jnp.result_type(float)).at[T - 1].set(1.0)
 
 
 def every_step_weights(T: int, dtype=None) -> jax.Array:
     """State-error weights for the variant with the distance at every step, shape `(T,)`."""
-    return jnp.ones(T, dtype or jnp.result_type(float))
+    return jnp.ones(checks.check_positive_int("T", T), dtype or jnp.result_type(float))
 
 
 def out_and_back(target_state: jax.Array, centre_state: jax.Array, T: int,
@@ -206,7 +207,8 @@ def out_and_back(target_state: jax.Array, centre_state: jax.Array, T: int,
       `(schedule, weights)`, shapes `(T, n)` and `(T,)`, for `rollout` and
       `reach_loss`.
     """
-    switch = T // 2 if switch is None else switch
+    T = checks.check_int("T", T, low=2)
+    switch = T // 2 if switch is None else checks.check_int("switch", switch)
     if not 1 <= switch < T:
         raise ValueError(f"switch must satisfy 1 <= switch < T = {T}, got {switch}")
     target_state = jnp.asarray(target_state)
