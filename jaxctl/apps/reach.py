@@ -78,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> ReachSettings:
     quick = bool(getattr(args, "quick", False))
     return ReachSettings(
         hidden=args.hidden if args.hidden is not None else (16 if quick else 32),
-        steps=args.steps if args.steps is not None else rt.T_SEED,
+        steps=args.steps if args.steps is not None else rt.T_DEWOLF,
         targets=args.targets if args.targets is not None else (16 if quick else rt.N_TARGETS),
         regime=args.regime, hold=args.hold, seed=args.seed, cg_iters=args.cg_iters,
         damping=args.damping, loss=args.loss, out_and_back=bool(args.out_and_back),

@@ -94,7 +94,7 @@ class ReachSettings(NamedTuple):
     """
 
     hidden: int = 32
-    steps: int = rt.T_SEED
+    steps: int = rt.T_DEWOLF
     targets: int = rt.N_TARGETS
     regime: str = "closed"
     hold: int = 32

@@ -14,11 +14,14 @@ file is written to a temporary file in the same folder, flushed to disk and
 renamed over the old one, so an interruption at any moment (Ctrl-C, a
 crash) leaves the previous checkpoint intact.
 
-Why not orbax-checkpoint (measured in `benchmarks/checkpoint.py`): this
-format imports in milliseconds where orbax takes about a second, writes one
-file instead of a directory of tensorstore chunks, and detects a flipped
-bit in the data (orbax restores it silently); it only suits states that fit
-in host memory, which is every state in this package.
+Why not orbax-checkpoint (`benchmarks/checkpoint.py`, jax 0.10.2, 2 CPUs
+shared): on the reach training state this format saves in 11 ms and
+restores in 10 ms where orbax's `StandardCheckpointer` takes 146 ms and
+31 ms; `import orbax.checkpoint` adds 0.3-1.4 s to a command (three runs); orbax restores
+a flipped bit in its data silently (this format's SHA-256 rejects it); and
+a writer killed while overwriting (`force=True`) left orbax unrestorable in
+4 of 5 tries, this format restorable in 5 of 5. It holds states that fit in
+host memory, which is every state in this package.
 """
 
 from __future__ import annotations
