@@ -1,6 +1,6 @@
 """Curvature benchmark: `python benchmarks/curvature.py [--quick] [--single-thread] [--out DIR]`.
 
-The same program as `jaxctl bench` (see jaxctl/agents/bench.py for what it
+The same program as `jaxctl bench` (see jaxctl/apps/bench.py for what it
 measures); kept here so every benchmark lives in benchmarks/.
 """
 

@@ -1,4 +1,4 @@
-"""Baseline: the seed's library (hessianfree 0.4.0) on the seed's 2-link arm reaching task.
+"""Baseline: DeWolf's library (hessianfree 0.4.0) on the 2-link arm reaching task of DeWolf (2016).
 
 Runs in its OWN virtual environment (hessianfree pins nothing, but it is a
 numpy-only library that jaxctl does not depend on):
@@ -10,13 +10,13 @@ numpy-only library that jaxctl does not depend on):
 (hessianfree imports matplotlib at import time; numpy 2.4 works for every
 code path used here.)
 
-The task is the seed's, with the same shapes and HF budget jaxctl's own HF
+The task is that of DeWolf (2016), with the same shapes and HF budget jaxctl's own HF
 will be compared at:
 
 - arm: the 2-link arm of `jaxctl.envs.arm` (same constants, same semi-implicit
   Euler at dt = 0.01, same tanh squashing beyond +-2 pi), written here in
   vectorised numpy because this venv has no jax;
-- plant derivatives: central finite differences of the step, as the seed did
+- plant derivatives: central finite differences of the step, as DeWolf (2016) did
   (d state'/d input and d state'/d state), identity output Jacobian;
 - network: `RNNet(shape=[8, 32, 32, 4, 4], layers=[Linear, Tanh, Tanh, Linear,
   plant], conns={0: [1, 2], 1: [2], 2: [3], 3: [4]}, rec_layers=[1, 2])`; the
@@ -25,12 +25,12 @@ will be compared at:
 - loss: `SquaredError` on the plant state against `[q*, 0, 0]` at the final
   step only (NaN targets elsewhere) + `SparseL2(10e-3 * dt)` on layer 3 (the
   library's way to penalise the network output; with identity 3->4 weights
-  that is the seed's torque penalty up to the u = x_i + x_{i+2} fold);
+  that is DeWolf's (2016) torque penalty up to the u = x_i + x_{i+2} fold);
 - 64 targets on the circle centre (0, 0.35) m, radius 0.075 m, joint angles
   from closed-form inverse kinematics; start q0 = [0.736134824578,
   1.85227640003], zero velocity; T = 40 steps;
-- optimizer: `HessianFree(CG_iter=96, init_damping=100)`; regime (a) of the
-  seed: every iteration rolls the plant out with the current weights, then
+- optimizer: `HessianFree(CG_iter=96, init_damping=100)`; regime (a) of
+  DeWolf (2016): every iteration rolls the plant out with the current weights, then
   computes one HF update on that rollout.
 
 What it measures (single thread by default, see --threads): seconds per HF
@@ -72,7 +72,7 @@ SQUASH = 2.0 * math.pi
 
 
 def squash_np(x):
-    """Seed's squashing: identity inside +-2 pi, tanh-saturated outside."""
+    """The squashing of DeWolf (2016): identity inside +-2 pi, tanh-saturated outside."""
     import numpy as np
 
     return np.where(x > SQUASH, np.tanh(x - SQUASH) + SQUASH,
@@ -93,8 +93,8 @@ def arm_step_np(state, u, dt=DT):
     h0 = -k2 * s * (dq0 * dq1 + 0.5 * dq1**2)
     h1 = 0.5 * k2 * s * dq0**2
     f0, f1 = u[:, 0] - h0, u[:, 1] - h1
-    # Cramer's rule with the factored determinant (always > 0); the seed's
-    # order of elimination divides by M12, which vanishes at q1 = +-2.19 rad.
+    # Cramer's rule with the factored determinant (always > 0); the elimination
+    # order of DeWolf (2016) divides by M12, which vanishes at q1 = +-2.19 rad.
     det = k3 * (k1 - k3) - (k4 * c) ** 2
     ddq0 = (m22 * f0 - m12 * f1) / det
     ddq1 = (m11 * f1 - m12 * f0) / det
@@ -134,7 +134,7 @@ def make_plant_class(hf, np):
         `__call__` gives the network input `[target state, plant state]`;
         `activation(x)` applies torques `u = x[:, :2] + x[:, 2:]` for one
         step; `d_activation` returns central finite-difference Jacobians
-        (as the seed did) stacked as [d state'/d x, d state'/d state, I].
+        (as DeWolf 2016 did) stacked as [d state'/d x, d state'/d state, I].
         """
 
         def __init__(self, target_states, T, eps=1e-6):
@@ -145,7 +145,7 @@ def make_plant_class(hf, np):
             self.shape = [n, T, 8]
             self.eps = eps
             targets = np.repeat(self.target_states[:, None, :], T, axis=1).astype(np.float32)
-            targets[:, :-1] = np.nan  # final-state loss only (the seed's NaN targets)
+            targets[:, :-1] = np.nan  # final-state loss only (the NaN targets of DeWolf 2016)
             self.targets = targets
             self.d_output = np.broadcast_to(np.eye(4), (n, 4, 4))[..., None]
             self.reset()
@@ -194,7 +194,7 @@ def make_plant_class(hf, np):
 
 
 def own_loss(np, activations, target_states):
-    """The seed's loss recomputed from a rollout: mean over targets of
+    """The loss of DeWolf (2016) recomputed from a rollout: mean over targets of
     ||x_T - x*||^2 / 2 + alpha sum_t ||a3_t||^2 / 2."""
     final = activations[-1][:, -1].astype(np.float64)
     state_cost = 0.5 * np.sum((final - target_states) ** 2, axis=1)
