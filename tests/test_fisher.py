@@ -107,7 +107,7 @@ def psd_with_rounding_noise(seed, n, rank):
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     eigs = np.zeros(n)
     eigs[:rank] = np.geomspace(10.0, 1e-3, rank)
-    eigs[rank:] = rng.uniform(-1e-7, 1e-7, n - rank)  # the seed's tiny negatives
+    eigs[rank:] = rng.uniform(-1e-7, 1e-7, n - rank)  # DeWolf's (2018) tiny negatives
     return (Q * eigs) @ Q.T
 
 
@@ -308,5 +308,91 @@ def test_normalized_step_under_jit_with_traced_delta_and_bad_static_delta():
     assert float(size) == 0.0 and float(step[0]) == 0.0
     with pytest.raises(ValueError, match="delta"):
         normalized_step(jnp.ones(2), jnp.ones(2), 0.0)
-    with pytest.raises(ValueError, match="same structure"):
+    with pytest.raises(ValueError, match="nat_g"):
         normalized_step(jnp.ones(2), jnp.ones(3), 0.1)
+
+
+# ------------------------------------------------- edges fail loudly (issue 9)
+
+METHODS = ("eigh", "gram", "svd", "cg")
+EPS32 = float(np.finfo(np.float32).eps)
+NEGATIVE = [np.float32(-1), np.float64(-1), jnp.float32(-1), -1, float("nan")]
+
+
+@pytest.mark.parametrize("value", NEGATIVE, ids=["np32", "np64", "jax", "int", "nan"])
+def test_negative_damping_of_any_scalar_type_is_rejected(value):
+    G = jnp.ones((4, 3))
+    for method in METHODS:
+        with pytest.raises(ValueError, match="damping"):
+            natural_gradient(G, jnp.ones(3), damping=value, method=method)
+        with pytest.raises(ValueError, match="rel_damping"):
+            natural_gradient(G, jnp.ones(3), rel_damping=value, method=method)
+    with pytest.raises(ValueError, match="rtol"):
+        natural_gradient(G, jnp.ones(3), rtol=value)
+    with pytest.raises(ValueError, match="damping"):
+        fisher_vector_product(G, jnp.ones(3), damping=value)
+    with pytest.raises(ValueError, match="damping"):
+        fisher_operator(lambda w, x: x @ w, jnp.zeros(3), G, damping=value)
+
+
+def test_numpy_scalar_hyperparameters_are_accepted_and_traced_ones_pass():
+    rng = np.random.default_rng(4)
+    G = jnp.asarray(rng.standard_normal((20, 6)), jnp.float32)
+    g = G.T @ jnp.asarray(rng.standard_normal(20), jnp.float32) / 20
+    expected = reference_natural_gradient(G, g, 1e-6, 0.05)
+    # cond(F + 0.05 I) is ~ 50 here: 1000 eps covers it with room for the float32 solve.
+    tol = dict(rtol=1000 * EPS32, atol=1000 * EPS32 * float(np.abs(expected).max()))
+    np.testing.assert_allclose(natural_gradient(G, g, damping=np.float32(0.05)), expected, **tol)
+    np.testing.assert_allclose(natural_gradient(G, g, rel_damping=np.float64(0.0), method="cg",
+                                                damping=0.05, maxiter=50, tol=1e-7), expected, **tol)
+    # rtol and the dampings traced under jit (a TracerBoolConversionError before).
+    traced = jax.jit(lambda r, d: natural_gradient(G, g, rtol=r, damping=d))(1e-6, 0.05)
+    np.testing.assert_allclose(traced, expected, **tol)
+    np.testing.assert_allclose(jax.jit(clipped_inverse)(jnp.diag(jnp.array([2.0, 1e-9])), 1e-6),
+                               np.diag([0.5, 0.0]))
+    # A traced non-zero rel_damping cannot be honoured by CG: a zero direction, not a wrong one.
+    x = jax.jit(lambda r: natural_gradient(G, g, rel_damping=r, method="cg"))(0.1)
+    np.testing.assert_array_equal(x, 0.0)
+
+
+def test_integer_inputs_are_promoted_to_float():
+    G = jnp.array([[1, 0], [0, 2], [1, 1]])
+    g = jnp.array([1, 1])
+    for method in METHODS:  # promotion first: the very same float computation
+        np.testing.assert_array_equal(
+            natural_gradient(G, g, method=method, maxiter=10),
+            natural_gradient(G.astype(float), g.astype(float), method=method,
+                             maxiter=10), err_msg=method)
+    np.testing.assert_allclose(fisher_vector_product(G, g), [1.0, 2.0], rtol=4 * EPS32)
+    np.testing.assert_allclose(fisher_matrix(G)[1, 1], 5 / 3, rtol=4 * EPS32)
+    # The normalized step in integers truncated to [0]; sqrt(0.5 / 2) * 1 = 0.5.
+    step, size = normalized_step(jnp.array([2]), jnp.array([1]), 0.5)
+    np.testing.assert_allclose(step, [0.5])
+    np.testing.assert_allclose(size, 0.5)
+    fvp = fisher_operator(lambda w, x: x @ w, jnp.zeros(2, jnp.int32), jnp.eye(2))
+    np.testing.assert_allclose(fvp(jnp.array([1, 2])), [0.5, 1.0], rtol=4 * EPS32)
+
+
+def test_normalized_step_accepts_numpy_and_jax_scalar_delta():
+    for delta in (np.float32(0.5), jnp.float32(0.5), np.float64(0.5)):
+        _, size = normalized_step(jnp.array([2.0]), jnp.array([1.0]), delta)
+        np.testing.assert_allclose(size, 0.5)
+    for delta in (np.float32(-0.5), jnp.float32(0.0), np.inf):
+        with pytest.raises(ValueError, match="delta"):
+            normalized_step(jnp.array([2.0]), jnp.array([1.0]), delta)
+
+
+def test_fisher_operator_rejects_vector_log_prob():
+    with pytest.raises(ValueError, match="log_prob must return a scalar"):
+        fisher_operator(lambda w, x: x * w, jnp.zeros(2), jnp.eye(2))(jnp.ones(2))
+
+
+def test_empty_inputs_raise_naming_the_argument():
+    with pytest.raises(ValueError, match="G must have T >= 1"):
+        natural_gradient(jnp.zeros((0, 2)), jnp.zeros(2))
+    with pytest.raises(ValueError, match="G must have T >= 1 rows and P >= 1"):
+        natural_gradient(jnp.zeros((3, 0)), jnp.zeros(0))
+    with pytest.raises(ValueError, match="F must be a square"):
+        clipped_inverse(jnp.zeros((0, 0)))
+    with pytest.raises(ValueError, match="samples must hold at least one sample"):
+        fisher_operator(lambda w, x: x @ w, jnp.zeros(2), jnp.zeros((0, 2)))

@@ -5,10 +5,13 @@ Notation: `G` is the (T, P) score matrix whose row t is the score
 `F = G^T G / T`; the policy gradient is `g = G^T A / T` for advantages `A`;
 the natural gradient is `F^+ g` (pseudo-inverse) or `(F + lambda I)^-1 g`.
 
-The pseudo-inverse follows the seed's rule: eigenvalues of `F` at or below
-`rtol * max eigenvalue` are treated as exactly zero, which also removes the
-tiny negative eigenvalues that rounding produces (they made `g^T F^-1 g`
+The pseudo-inverse follows DeWolf's (2018) rule: eigenvalues of `F` at or
+below `rtol * max eigenvalue` are treated as exactly zero, which also removes
+the tiny negative eigenvalues that rounding produces (they made `g^T F^-1 g`
 negative and the square root of the normalized step NaN).
+
+Integer inputs are promoted to float; `rtol` and the dampings may be traced
+(checked on the host when concrete).
 
 Methods for `F^+ g`:
 - `"eigh"`: dense `eigh` of the (P, P) Fisher; cost O(T P^2 + P^3).
@@ -24,7 +27,7 @@ Methods for `F^+ g`:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,30 +35,37 @@ from jax import lax
 
 from jaxctl.core.cg import cg
 from jaxctl.core.jacobians import leading_size
+from jaxctl.util.checks import (
+    PyTree,
+    as_float,
+    check_choice,
+    check_nonnegative,
+    concrete_scalar,
+    tree_all_finite,
+    tree_as_float,
+)
 
-PyTree = Any
 HIGHEST = lax.Precision.HIGHEST
 METHODS = ("auto", "eigh", "gram", "svd", "cg")
 # Above this many rows and columns a dense factorisation is not worth it.
 DENSE_LIMIT = 4096
 
 
-def _check_scores(G: jax.Array) -> tuple[int, int]:
-    if jnp.ndim(G) != 2:
-        raise ValueError(f"G must be a (T, P) score matrix, got shape {jnp.shape(G)}")
-    T, P = G.shape
-    if T < 1 or P < 1:
+def _check_scores(G: jax.Array) -> jax.Array:
+    """`G` as a float (T, P) matrix with T, P >= 1."""
+    G = as_float("G", G)
+    if G.ndim != 2:
+        raise ValueError(f"G must be a (T, P) score matrix, got shape {G.shape}")
+    if min(G.shape) < 1:
         raise ValueError(f"G must have T >= 1 rows and P >= 1 columns, got shape {G.shape}")
-    return T, P
+    return G
 
 
-def _check_vector(name: str, v: jax.Array, P: int) -> None:
-    if jnp.shape(v) != (P,):
-        raise ValueError(f"{name} must have shape ({P},) to match G's P columns, got {jnp.shape(v)}")
-
-
-def _all_finite(*arrays: jax.Array) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+def _check_vector(name: str, v: jax.Array, P: int) -> jax.Array:
+    v = as_float(name, v)
+    if v.shape != (P,):
+        raise ValueError(f"{name} must have shape ({P},) to match G's P columns, got {v.shape}")
+    return v
 
 
 def fisher_matrix(G: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -70,14 +80,16 @@ def fisher_matrix(G: jax.Array, weights: jax.Array | None = None) -> jax.Array:
       The symmetric (P, P) Fisher matrix.
 
     Example:
-      >>> fisher_matrix(jnp.array([[1.0, 0.0], [0.0, 2.0]]))
-      Array([[0.5, 0. ],
-             [0. , 2. ]], dtype=float32)
+      >>> print(fisher_matrix(jnp.array([[1.0, 0.0], [0.0, 2.0]])))
+      [[0.5 0. ]
+       [0.  2. ]]
     """
-    T, _ = _check_scores(G)
+    G = _check_scores(G)
+    T = G.shape[0]
     if weights is not None:
-        if jnp.shape(weights) != (T,):
-            raise ValueError(f"weights must have shape ({T},) to match G's T rows, got {jnp.shape(weights)}")
+        weights = as_float("weights", weights)
+        if weights.shape != (T,):
+            raise ValueError(f"weights must have shape ({T},) to match G's T rows, got {weights.shape}")
         Gw = G * weights[:, None]
     else:
         Gw = G
@@ -85,7 +97,8 @@ def fisher_matrix(G: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     return 0.5 * (F + F.T)
 
 
-def _clipped_reciprocal(eigs: jax.Array, rtol: float, damping: jax.Array) -> jax.Array:
+def _clipped_reciprocal(eigs: jax.Array, rtol: float | jax.Array,
+                        damping: float | jax.Array) -> jax.Array:
     """`1 / (e + damping)` for eigenvalues above `rtol * max(e)`, else the value for e = 0."""
     cut = rtol * jnp.maximum(jnp.max(eigs), 0.0)
     keep = eigs > cut
@@ -106,45 +119,48 @@ def clipped_inverse(F: jax.Array, rtol: float = 1e-6) -> jax.Array:
 
     Args:
       F: symmetric positive semi-definite matrix, shape (P, P).
-      rtol: relative eigenvalue cut-off (the seed used 1e-6).
+      rtol: relative eigenvalue cut-off (DeWolf 2018 used 1e-6).
 
     Returns:
       The (P, P) clipped pseudo-inverse, symmetric PSD, always finite.
 
     Example:
-      >>> clipped_inverse(jnp.diag(jnp.array([2.0, 1e-9])))
-      Array([[0.5, 0. ],
-             [0. , 0. ]], dtype=float32)
+      >>> print(clipped_inverse(jnp.diag(jnp.array([2.0, 1e-9]))))
+      [[0.5 0. ]
+       [0.  0. ]]
     """
-    if jnp.ndim(F) != 2 or F.shape[0] != F.shape[1]:
-        raise ValueError(f"F must be a square (P, P) matrix, got shape {jnp.shape(F)}")
-    if not rtol >= 0:
-        raise ValueError(f"rtol must be >= 0, got {rtol}")
-    finite = _all_finite(F)
+    F = as_float("F", F)
+    if F.ndim != 2 or F.shape[0] != F.shape[1] or F.shape[0] < 1:
+        raise ValueError(f"F must be a square (P, P) matrix with P >= 1, got shape {F.shape}")
+    check_nonnegative("rtol", rtol)
+    finite = tree_all_finite(F)
     Fs = jnp.where(finite, 0.5 * (F + F.T), 0.0)
     eigs, V = jnp.linalg.eigh(Fs)
-    c = _clipped_reciprocal(eigs, rtol, jnp.zeros((), F.dtype))
+    c = _clipped_reciprocal(eigs, rtol, 0.0)
     inv = jnp.matmul(V * c, V.T, precision=HIGHEST)
     return jnp.where(finite, 0.5 * (inv + inv.T), 0.0)
 
 
-def fisher_vector_product(G: jax.Array, v: jax.Array, damping: float = 0.0) -> jax.Array:
+def fisher_vector_product(G: jax.Array, v: jax.Array,
+                          damping: float | jax.Array = 0.0) -> jax.Array:
     """`(F + damping I) v = G^T (G v) / T + damping v` without forming `F`.
 
     Args:
       G: score matrix, shape (T, P).
       v: vector, shape (P,).
-      damping: Tikhonov damping added to the Fisher.
+      damping: Tikhonov damping added to the Fisher (>= 0).
 
     Returns:
       The (P,) product; cost O(T P).
 
     Example:
-      >>> fisher_vector_product(jnp.eye(2), jnp.array([1.0, 2.0]))
-      Array([0.5, 1. ], dtype=float32)
+      >>> print(fisher_vector_product(jnp.eye(2), jnp.array([1.0, 2.0])))
+      [0.5 1. ]
     """
-    T, P = _check_scores(G)
-    _check_vector("v", v, P)
+    G = _check_scores(G)
+    T, P = G.shape
+    v = _check_vector("v", v, P)
+    check_nonnegative("damping", damping)
     Gv = jnp.matmul(G, v, precision=HIGHEST)
     return jnp.matmul(Gv, G, precision=HIGHEST) / T + damping * v
 
@@ -153,7 +169,7 @@ def fisher_operator(
     log_prob: Callable[..., jax.Array],
     params: PyTree,
     *samples: PyTree,
-    damping: float = 0.0,
+    damping: float | jax.Array = 0.0,
 ) -> Callable[[PyTree], PyTree]:
     """Matrix-free Fisher-vector product for a log-probability function.
 
@@ -166,9 +182,10 @@ def fisher_operator(
 
     Args:
       log_prob: `log_prob(params, *sample) -> scalar` for ONE sample.
-      params: parameter pytree at which the Fisher is taken.
-      *samples: pytrees of arrays with a shared leading axis T.
-      damping: Tikhonov damping added to the Fisher.
+      params: parameter pytree at which the Fisher is taken (integer leaves
+        are promoted to float).
+      *samples: pytrees of arrays with a shared leading axis T >= 1.
+      damping: Tikhonov damping added to the Fisher (>= 0).
 
     Returns:
       A linear function `v -> (F + damping I) v` mapping params-like pytrees
@@ -176,20 +193,31 @@ def fisher_operator(
 
     Example:
       >>> fvp = fisher_operator(lambda w, x: x @ w, jnp.zeros(2), jnp.eye(2))
-      >>> fvp(jnp.array([1.0, 2.0]))
-      Array([0.5, 1. ], dtype=float32)
+      >>> print(fvp(jnp.array([1.0, 2.0])))
+      [0.5 1. ]
     """
     if not samples:
         raise ValueError("fisher_operator needs at least one batched sample argument")
     T = leading_size("samples", samples)
+    check_nonnegative("damping", damping)
+    params = tree_as_float("params", params)
+
+    def one_log_prob(p, s):
+        out = log_prob(p, *s)
+        if jnp.shape(out) != ():
+            raise ValueError("log_prob must return a scalar log-probability for one sample, "
+                             f"got shape {jnp.shape(out)}")
+        return out
 
     def all_log_probs(p):
-        return jax.vmap(lambda s: log_prob(p, *s))(samples)
+        return jax.vmap(lambda s: one_log_prob(p, s))(samples)
 
     _, jvp_fn = jax.linearize(all_log_probs, params)
     vjp_fn = jax.linear_transpose(jvp_fn, params)
 
     def matvec(v: PyTree) -> PyTree:
+        # The tangent must carry the primal dtypes exactly (x64, integer inputs).
+        v = jax.tree.map(lambda a, p: jnp.asarray(a, p.dtype), v, params)
         (JtJv,) = vjp_fn(jvp_fn(v) / T)
         return jax.tree.map(lambda a, b: a + damping * b, JtJv, v)
 
@@ -202,7 +230,7 @@ def _eigenbasis_eigh(G):
 
 
 def _eigenbasis_gram(G):
-    T, _ = G.shape
+    T = G.shape[0]
     K = jnp.matmul(G, G.T, precision=HIGHEST) / T
     eigs, U = jnp.linalg.eigh(0.5 * (K + K.T))
     # Non-zero eigenpairs of G G^T / T map to unit eigenvectors of F:
@@ -245,7 +273,7 @@ def natural_gradient(
     G: jax.Array,
     g: jax.Array,
     *,
-    rtol: float = 1e-6,
+    rtol: float | jax.Array = 1e-6,
     damping: float | jax.Array = 0.0,
     rel_damping: float | jax.Array = 0.0,
     method: str = "auto",
@@ -255,7 +283,7 @@ def natural_gradient(
     """Natural gradient `F^+ g`, or `(F + lambda I)^-1 g`, for `F = G^T G / T`.
 
     Eigenvalues of `F` at or below `rtol * max eigenvalue` count as zero
-    (the seed's clipping rule); the damping is
+    (DeWolf's 2018 clipping rule); the damping is
     `lambda = damping + rel_damping * max eigenvalue` (Tikhonov damping
     relative to the largest eigenvalue keeps the step scale-free). With
     `lambda = 0` the clipped pseudo-inverse is applied. Non-finite inputs
@@ -264,10 +292,11 @@ def natural_gradient(
     Args:
       G: score matrix, shape (T, P).
       g: gradient, shape (P,) (typically `G^T A / T`).
-      rtol: relative eigenvalue cut-off for the dense methods.
+      rtol: relative eigenvalue cut-off for the dense methods (>= 0).
       damping: absolute Tikhonov damping (>= 0).
       rel_damping: damping relative to the largest Fisher eigenvalue (>= 0);
-        dense methods only.
+        dense methods only (`"cg"` gives a zero direction for a traced
+        non-zero value).
       method: `"auto"` (`"svd"` unless both T and P exceed 4096, then
         `"cg"`), `"eigh"`, `"gram"`, `"svd"` or `"cg"`; see the module
         docstring for costs and float32 accuracy.
@@ -285,31 +314,30 @@ def natural_gradient(
       Kakade (2001), "A natural policy gradient"; Rajeswaran et al. (2017),
       "Towards generalization and simplicity in continuous control".
     """
-    T, P = _check_scores(G)
-    _check_vector("g", g, P)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not rtol >= 0:
-        raise ValueError(f"rtol must be >= 0, got {rtol}")
-    for name, value in (("damping", damping), ("rel_damping", rel_damping)):
-        if isinstance(value, (int, float)) and not value >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+    G = _check_scores(G)
+    T, P = G.shape
+    g = _check_vector("g", g, P)
+    check_choice("method", method, METHODS)
+    for name, value in (("rtol", rtol), ("damping", damping), ("rel_damping", rel_damping)):
+        check_nonnegative(name, value)
     if method == "auto":
         method = "cg" if min(T, P) > DENSE_LIMIT else "svd"
     dtype = jnp.result_type(G, g)
     G = G.astype(dtype)
     g = g.astype(dtype)
-    finite = _all_finite(G, g)
+    finite = tree_all_finite((G, g))
     G = jnp.where(finite, G, 0.0)
     g = jnp.where(finite, g, 0.0)
 
     if method == "cg":
-        if not (isinstance(rel_damping, (int, float)) and rel_damping == 0):
+        rel = concrete_scalar("rel_damping", rel_damping)
+        if rel is not None and rel != 0:
             raise ValueError("rel_damping needs the largest eigenvalue: use a dense method "
                              "('svd', 'gram', 'eigh') or an absolute damping with 'cg'")
         x = cg(lambda v: fisher_vector_product(G, v, damping), g, maxiter=maxiter, tol=tol).x
+        finite = finite & (jnp.asarray(rel_damping) == 0)
     else:
         V, eigs = _EIGENBASIS[method](G)
         lam = damping + rel_damping * jnp.maximum(jnp.max(eigs), 0.0)
         x = _solve_in_eigenbasis(V, eigs, g, rtol, jnp.asarray(lam, dtype))
-    return jnp.where(finite & jnp.all(jnp.isfinite(x)), x, 0.0)
+    return jnp.where(finite & tree_all_finite(x), x, 0.0)

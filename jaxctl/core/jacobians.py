@@ -9,18 +9,18 @@ computation in `jaxctl.core.fisher`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-PyTree = Any
+from jaxctl.util.checks import PyTree, check_positive_int, tree_as_float
 
 
 def leading_size(name: str, tree: PyTree) -> int:
-    """The shared leading sample axis T of every array in `tree` (ValueError naming `name` otherwise)."""
+    """The shared leading sample axis T >= 1 of every array in `tree` (ValueError naming `name` otherwise)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         raise ValueError(f"{name} must hold at least one array with a leading sample axis")
@@ -30,7 +30,10 @@ def leading_size(name: str, tree: PyTree) -> int:
         raise ValueError(
             f"{name}: every array must share one leading sample axis T, got shapes {shapes}"
         )
-    return sizes.pop()
+    T = sizes.pop()
+    if T < 1:
+        raise ValueError(f"{name} must hold at least one sample (T >= 1), got T = 0")
+    return T
 
 
 def per_sample_grads(
@@ -49,7 +52,7 @@ def per_sample_grads(
 
     Args:
       fn: `fn(params, *sample) -> scalar`, written for ONE sample.
-      params: parameter pytree.
+      params: parameter pytree (integer leaves are promoted to float).
       *args: pytrees of arrays, each with the same leading axis T.
       chunk_size: optional number of samples per vectorised chunk.
 
@@ -65,9 +68,9 @@ def per_sample_grads(
     if not args:
         raise ValueError("per_sample_grads needs at least one batched argument after params")
     leading_size("args", args)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
-
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    params = tree_as_float("params", params)
     grad_fn = jax.grad(fn)
 
     def one(sample):
