@@ -2,11 +2,12 @@
 
 Oracles: the Fisher and its (damped) inverse built in float64 numpy from the
 score matrix, `numpy.linalg.pinv` / `solve`; a loop over problems for vmap;
-a Python trace counter for recompilation.
+`chex.assert_max_traces` for recompilation.
 """
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,20 +147,24 @@ def test_vmap_over_problems_equals_loop():
         np.testing.assert_allclose(states.step_size[i], st.step_size, rtol=1e-4)
 
 
-def test_second_update_does_not_retrace(problem):
-    traces = []
-    opt = npg(DELTA, rel_damping=0.1)
+def compiled_once(opt):
+    """`opt.update` under jit; a second trace fails the test."""
 
     @jax.jit
+    @chex.assert_max_traces(n=1)
     def update(grads, state, params, scores):
-        traces.append(1)
         return opt.update(grads, state, params, scores=scores)
 
+    return update
+
+
+def test_second_update_does_not_retrace(problem):
+    opt = npg(DELTA, rel_damping=0.1)
+    update = compiled_once(opt)
     state = opt.init(problem["params"])
     updates, state = update(problem["grads"], state, problem["params"], problem["scores"])
     grads2 = jax.tree.map(lambda x: 0.5 * x, problem["grads"])
     updates, state = update(grads2, state, problem["params"], problem["scores"])
-    assert len(traces) == 1
     assert int(state.count) == 2
     assert isinstance(state, NPGState)
     assert state.count.dtype == jnp.int32 and state.step_size.dtype == jnp.float32
@@ -176,7 +181,8 @@ def test_zero_gradient_and_nan_scores_give_zero_step(problem):
     assert np.all(flat(updates) == 0)
 
 
-@pytest.mark.parametrize("delta", [0.0, -0.1, float("nan")])
+@pytest.mark.parametrize("delta", [0.0, -0.1, float("nan"), float("inf"), np.float32(-0.1),
+                                   jnp.float32(0.0), "0.1"])
 def test_bad_delta_raises(delta):
     with pytest.raises(ValueError, match="delta"):
         npg(delta)
@@ -189,6 +195,13 @@ def test_bad_configuration_raises():
         npg(0.01, fisher="cg", rel_damping=0.1)
     with pytest.raises(ValueError, match="damping"):
         npg(0.01, damping=-1.0)
+    for name in ("damping", "rel_damping", "rtol", "cg_tol"):
+        with pytest.raises(ValueError, match=name):
+            npg(0.01, **{name: np.float32(-1)})
+    with pytest.raises(ValueError, match="cg_maxiter"):
+        npg(0.01, fisher="cg", cg_maxiter=0)
+    with pytest.raises(ValueError, match="method"):
+        npg(0.01, method="qr")
 
 
 def test_bad_scores_raise(problem):
@@ -208,3 +221,94 @@ def test_mismatched_score_and_advantage_lengths_raise(problem):
         score_gradient(problem["scores"], jnp.ones(T + 1))
     with pytest.raises(ValueError, match="advantages"):
         score_gradient(problem["scores"], jnp.ones((T, 1)))
+
+
+# ------------------------------------------------- edges fail loudly (issue 9)
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def fisher_norm(problem, updates):
+    step = flat(updates)
+    return step @ problem["F"] @ step
+
+
+def test_numpy_and_jax_scalar_hyperparameters_are_accepted(problem):
+    base = npg(DELTA, rel_damping=0.1)
+    ref, _ = base.update(problem["grads"], base.init(problem["params"]), scores=problem["scores"])
+    for delta, rel in ((np.float32(DELTA), np.float64(0.1)), (jnp.float32(DELTA), jnp.float32(0.1))):
+        opt = npg(delta, rel_damping=rel, cg_maxiter=np.int64(5))
+        got, _ = opt.update(problem["grads"], opt.init(problem["params"]), scores=problem["scores"])
+        np.testing.assert_allclose(flat(got), flat(ref), rtol=100 * EPS32,
+                                   atol=100 * EPS32 * np.abs(flat(ref)).max())
+
+
+def test_integer_gradients_and_scores_are_promoted(problem):
+    # Integers made the update exactly zero (the natural direction cast back to int).
+    opt = npg(0.5)
+    G = jnp.array([[1, 0], [0, 2], [1, 1]])
+    grads = jnp.array([-1, -1])
+    updates, state = opt.update(grads, opt.init(jnp.zeros(2)), scores=G)
+    expected, _ = opt.update(grads.astype(float), opt.init(jnp.zeros(2)),  # the default float
+                             scores=G.astype(float))
+    assert jnp.issubdtype(updates.dtype, jnp.floating)
+    np.testing.assert_array_equal(updates, expected)
+    Gf = np.asarray(G, np.float64)
+    step = np.asarray(updates, np.float64)
+    np.testing.assert_allclose(step @ (Gf.T @ Gf / 3) @ step, 0.5, rtol=100 * EPS32)
+    assert float(state.step_size) > 0
+
+
+def test_inject_hyperparams_delta_changes_the_step_without_recompiling(problem):
+    opt = optax.inject_hyperparams(npg)(delta=DELTA, rel_damping=0.1)
+    update = compiled_once(opt)
+    state = opt.init(problem["params"])
+    u1, state = update(problem["grads"], state, problem["params"], problem["scores"])
+    state.hyperparams["delta"] = jnp.asarray(4 * DELTA, state.hyperparams["delta"].dtype)
+    u2, state = update(problem["grads"], state, problem["params"], problem["scores"])
+    # The same direction, sqrt(4) = 2 times longer: step^T M step follows delta.
+    np.testing.assert_allclose(flat(u2), 2 * flat(u1), rtol=10 * EPS32,
+                               atol=10 * EPS32 * np.abs(flat(u2)).max())
+    direct, _ = npg(4 * DELTA, rel_damping=0.1).update(
+        problem["grads"], npg(DELTA).init(problem["params"]), scores=problem["scores"])
+    np.testing.assert_allclose(flat(u2), flat(direct), rtol=100 * EPS32,
+                               atol=100 * EPS32 * np.abs(flat(u2)).max())
+    # A traced non-positive delta gives a zero step, never NaN.
+    state.hyperparams["delta"] = jnp.zeros_like(state.hyperparams["delta"])
+    u3, state = update(problem["grads"], state, problem["params"], problem["scores"])
+    np.testing.assert_array_equal(flat(u3), 0.0)
+
+
+def test_inject_hyperparams_with_cg_and_a_delta_schedule(problem):
+    schedule = optax.linear_schedule(DELTA, 4 * DELTA, transition_steps=1)
+    for opt in (optax.inject_hyperparams(npg)(delta=schedule, fisher="cg", damping=1e-2),
+                npg(schedule, fisher="cg", damping=1e-2)):
+        update = jax.jit(lambda g, s, p: opt.update(g, s, p, scores=problem["scores"]))
+        state = opt.init(problem["params"])
+        norms = []
+        for _ in range(2):
+            updates, state = update(problem["grads"], state, problem["params"])
+            step = flat(updates)
+            M = problem["F"] + 1e-2 * np.eye(len(step))
+            norms.append(step @ M @ step)
+        # The CG solve is truncated (10 steps), so step^T M step is near, not at, delta.
+        np.testing.assert_allclose(norms[1] / norms[0], 4.0, rtol=1e3 * EPS32)
+    # rel_damping cannot reach CG: a traced non-zero value rejects the step.
+    opt = optax.inject_hyperparams(npg)(delta=DELTA, fisher="cg", rel_damping=0.0)
+    state = opt.init(problem["params"])
+    state.hyperparams["rel_damping"] = jnp.asarray(0.1, state.hyperparams["rel_damping"].dtype)
+    updates, _ = jax.jit(lambda g, s, p: opt.update(g, s, p, scores=problem["scores"]))(
+        problem["grads"], state, problem["params"])
+    np.testing.assert_array_equal(flat(updates), 0.0)
+
+
+def test_empty_inputs_raise_naming_the_argument(problem):
+    opt = npg(DELTA)
+    state = opt.init(problem["params"])
+    with pytest.raises(ValueError, match="updates must hold at least one parameter"):
+        opt.update(jnp.zeros(0), state, scores=jnp.zeros((3, 0)))
+    empty = jax.tree.map(lambda s: s[:0], problem["scores"])
+    with pytest.raises(ValueError, match="scores must hold at least one sample"):
+        opt.update(problem["grads"], state, scores=empty)  # an IndexError before
+    with pytest.raises(ValueError, match="scores must hold at least one sample"):
+        opt.update(jnp.ones(2), state, scores=jnp.zeros((0, 2)))

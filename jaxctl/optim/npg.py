@@ -10,23 +10,33 @@ step to the parameters to increase the objective.
 convention, like every optax optimizer): its `update` takes the loss
 gradient plus the per-sample scores (or a Fisher-vector product) as extra
 arguments and composes with `optax.chain`, `jax.jit` and `jax.vmap`.
+`delta` and the dampings may be arrays, traced values or (for `delta`) a
+schedule, so `optax.inject_hyperparams(npg)(delta=...)` works.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxctl.core.cg import cg
-from jaxctl.core.fisher import fisher_vector_product, natural_gradient
-from jaxctl.core.jacobians import ravel_per_sample
-
-PyTree = Any
+from jaxctl.core.fisher import METHODS, fisher_vector_product, natural_gradient
+from jaxctl.core.jacobians import leading_size, ravel_per_sample
+from jaxctl.util.checks import (
+    PyTree,
+    check_choice,
+    check_finite_positive,
+    check_nonnegative,
+    check_positive_int,
+    check_same_structure,
+    concrete_scalar,
+    tree_all_finite,
+    tree_as_float,
+)
 
 
 def normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple[PyTree, jax.Array]:
@@ -35,13 +45,15 @@ def normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple
     `step = sqrt(delta / (g^T F^-1 g)) F^-1 g` with `F^-1 g = nat_g`, so
     `step^T F step = delta` whenever `g` lies in the range of `F`.
     If `g^T nat_g` is not finite or not positive (zero gradient, NaN scores,
-    indefinite curvature), the step is exactly zero and `step_size` is 0:
-    never NaN.
+    indefinite curvature), or a traced `delta` is not positive, the step is
+    exactly zero and `step_size` is 0: never NaN. Integer inputs are promoted
+    to float.
 
     Args:
       g: gradient, an array or pytree.
       nat_g: natural gradient `F^-1 g`, same structure as `g`.
-      delta: trust-region size (> 0), the target value of `step^T F step`.
+      delta: trust-region size (> 0), the target value of `step^T F step`;
+        a Python, numpy or jax scalar, possibly traced.
 
     Returns:
       `(step, step_size)`: the step (structure of `g`) and the scalar
@@ -57,18 +69,18 @@ def normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple
       and simplicity in continuous control", eq. (5). Kakade (2001), "A
       natural policy gradient".
     """
-    if isinstance(delta, (int, float)) and not delta > 0:
-        raise ValueError(f"delta must be > 0, got {delta}")
-    if jax.tree.structure(g) != jax.tree.structure(nat_g) or (
-        jax.tree.map(jnp.shape, g) != jax.tree.map(jnp.shape, nat_g)
-    ):
-        raise ValueError(
-            "g and nat_g must have the same structure and shapes, got "
-            f"{jax.tree.map(jnp.shape, g)} and {jax.tree.map(jnp.shape, nat_g)}"
-        )
+    check_finite_positive("delta", delta)
+    check_same_structure("nat_g", nat_g, g, "g")
+    return _normalized_step(g, nat_g, delta)
+
+
+def _normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple[PyTree, jax.Array]:
+    """`normalized_step` without the host-side checks (for scheduled `delta`)."""
+    g = tree_as_float("g", g)
+    nat_g = tree_as_float("nat_g", nat_g)
     gFg = optax.tree.vdot(g, nat_g)
-    ok = jnp.isfinite(gFg) & (gFg > 0) & jnp.isfinite(delta) & (delta > 0)
-    ok = ok & jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(nat_g)]))
+    delta = jnp.asarray(delta, gFg.dtype)
+    ok = jnp.isfinite(gFg) & (gFg > 0) & jnp.isfinite(delta) & (delta > 0) & tree_all_finite(nat_g)
     step_size = jnp.where(ok, jnp.sqrt(jnp.where(ok, delta / jnp.where(ok, gFg, 1.0), 0.0)), 0.0)
     # where(), not multiplication: 0 * NaN would still be NaN.
     step = jax.tree.map(lambda n: jnp.where(ok, step_size * n, 0.0).astype(n.dtype), nat_g)
@@ -79,7 +91,7 @@ class NPGState(NamedTuple):
     """State of the `npg` transformation (stable dtypes: a second call never recompiles).
 
     Attributes:
-      count: int32, number of updates taken.
+      count: int32, number of updates taken (the step of a `delta` schedule).
       step_size: float32, the last normalization factor
         `sqrt(delta / g^T F^-1 g)` (0 when the last step was rejected).
       solver_steps: int32, CG iterations of the last update (0 for the dense
@@ -96,6 +108,7 @@ FISHER_MODES = ("dense", "cg")
 
 def _flat_scores(scores: PyTree, updates: PyTree, P: int) -> jax.Array:
     """The (T, P) score matrix from per-sample scores shaped like `updates` (or already (T, P))."""
+    scores = tree_as_float("scores", scores)
     shapes = jax.tree.map(jnp.shape, updates)
     same_tree = jax.tree.structure(scores) == jax.tree.structure(updates)
     if same_tree:
@@ -106,10 +119,12 @@ def _flat_scores(scores: PyTree, updates: PyTree, P: int) -> jax.Array:
                             jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple)))
         )
         if ok:
+            leading_size("scores", scores)
             G, _ = ravel_per_sample(scores)
             return G
-    if isinstance(scores, (jax.Array, np.ndarray)) and scores.ndim == 2 and scores.shape[1] == P:
-        return jnp.asarray(scores)
+    if isinstance(scores, jax.Array) and scores.ndim == 2 and scores.shape[1] == P:
+        leading_size("scores", scores)
+        return scores
     raise ValueError(
         "scores must be per-sample scores shaped like the updates with a leading sample "
         f"axis T (updates have shapes {shapes}), or a (T, {P}) score matrix; got shapes "
@@ -118,15 +133,15 @@ def _flat_scores(scores: PyTree, updates: PyTree, P: int) -> jax.Array:
 
 
 def npg(
-    delta: float,
+    delta: float | jax.Array | Callable[[jax.Array], jax.Array],
     *,
     fisher: str = "dense",
-    rtol: float = 1e-6,
-    damping: float = 0.0,
-    rel_damping: float = 0.0,
+    rtol: float | jax.Array = 1e-6,
+    damping: float | jax.Array = 0.0,
+    rel_damping: float | jax.Array = 0.0,
     method: str = "auto",
-    cg_maxiter: int = 10,
-    cg_tol: float = 1e-10,
+    cg_maxiter: int | None = None,
+    cg_tol: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Normalized natural policy gradient as an optax transformation.
 
@@ -147,7 +162,7 @@ def npg(
     The Fisher `F = 1/T sum_t score_t score_t^T` comes from the per-sample
     scores passed to `update`:
 
-    - `fisher="dense"` (the seed): `jaxctl.core.fisher.natural_gradient` on the
+    - `fisher="dense"` (DeWolf 2018): `jaxctl.core.fisher.natural_gradient` on the
       (T, P) score matrix, eigenvalues below `rtol * max eigenvalue` clipped
       (pseudo-inverse). Damping `lambda = damping + rel_damping * max
       eigenvalue`: Tikhonov damping relative to the largest eigenvalue bounds
@@ -160,15 +175,25 @@ def npg(
       forms the scores). Early stopping regularises; only absolute damping.
 
     Args:
-      delta: trust-region size `step^T M step` (> 0). The seed used 0.001
-        with the undamped pseudo-inverse; Rajeswaran et al. 0.01-0.1.
+      delta: trust-region size `step^T M step` (> 0). DeWolf (2018) used
+        0.001 with the undamped pseudo-inverse; Rajeswaran et al. 0.01-0.1.
+        A Python, numpy or jax scalar (traced values pass; a non-positive
+        one gives a zero step), or a schedule `count -> delta`.
       fisher: `"dense"` or `"cg"`.
-      rtol: relative eigenvalue cut-off of the dense pseudo-inverse.
+      rtol: relative eigenvalue cut-off of the dense pseudo-inverse (>= 0).
       damping: absolute Tikhonov damping (>= 0).
       rel_damping: damping relative to the largest Fisher eigenvalue (>= 0,
-        dense only).
+        dense only; with `fisher="cg"` a traced non-zero value gives a zero
+        step).
       method: dense solver, see `jaxctl.core.fisher.natural_gradient`.
-      cg_maxiter, cg_tol: CG budget and relative tolerance.
+      cg_maxiter: CG budget, a static int (None: 10, as in mjrl).
+      cg_tol: CG relative tolerance (None: 1e-10).
+
+    `delta`, `rtol` and the dampings may be arrays, so
+    `optax.inject_hyperparams(npg)(delta=0.01)` exposes them in its state
+    (the `None` defaults of the CG settings keep them static; pass
+    `static_args=("cg_maxiter", "cg_tol")` to inject_hyperparams if you set
+    them).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` whose
@@ -180,7 +205,7 @@ def npg(
       The state is an `NPGState`.
 
     Example:
-      >>> from jaxctl import per_sample_grads
+      >>> from jaxctl.core.jacobians import per_sample_grads
       >>> from jaxctl.control.rl import score_gradient
       >>> log_prob = lambda w, s, a: jax.nn.log_softmax(s @ w)[a]   # linear softmax policy
       >>> w = jnp.zeros((4, 2))
@@ -197,18 +222,18 @@ def npg(
       Todorov & Kakade (2017), "Towards generalization and simplicity in
       continuous control" (normalized step, CG on the Fisher).
     """
-    if not (isinstance(delta, (int, float)) and delta > 0 and np.isfinite(delta)):
-        raise ValueError(f"delta must be a finite float > 0, got {delta!r}")
-    if fisher not in FISHER_MODES:
-        raise ValueError(f"fisher must be one of {FISHER_MODES}, got {fisher!r}")
-    for name, value in (("damping", damping), ("rel_damping", rel_damping), ("rtol", rtol)):
-        if not (isinstance(value, (int, float)) and value >= 0):
-            raise ValueError(f"{name} must be a float >= 0, got {value!r}")
-    if fisher == "cg" and rel_damping:
+    if not callable(delta):
+        check_finite_positive("delta", delta)
+    check_choice("fisher", fisher, FISHER_MODES)
+    check_choice("method", method, METHODS)
+    cg_maxiter = check_positive_int("cg_maxiter", 10 if cg_maxiter is None else cg_maxiter)
+    cg_tol = check_nonnegative("cg_tol", 1e-10 if cg_tol is None else cg_tol)
+    for name, value in (("rtol", rtol), ("damping", damping), ("rel_damping", rel_damping)):
+        check_nonnegative(name, value)
+    rel = concrete_scalar("rel_damping", rel_damping)
+    if fisher == "cg" and rel is not None and rel != 0:
         raise ValueError("rel_damping needs the largest Fisher eigenvalue, which CG does not "
                          "compute: use fisher='dense' or an absolute damping with fisher='cg'")
-    if not isinstance(cg_maxiter, int) or cg_maxiter < 1:
-        raise ValueError(f"cg_maxiter must be a positive int, got {cg_maxiter!r}")
 
     def init_fn(params: PyTree) -> NPGState:
         del params
@@ -217,8 +242,11 @@ def npg(
 
     def update_fn(updates, state, params=None, *, scores=None, fvp=None, **extra_args):
         del params, extra_args
+        updates = tree_as_float("updates", updates)
         u, unravel = ravel_pytree(updates)
         P = u.shape[0]
+        if P == 0:
+            raise ValueError("updates must hold at least one parameter (P >= 1)")
         solver_steps = jnp.zeros((), jnp.int32)
         if fvp is not None:
             if fisher != "cg":
@@ -229,7 +257,7 @@ def npg(
             matvec = lambda v: jax.tree.map(lambda a, b: a + damping * b, fvp(v), v)
             res = cg(matvec, updates, maxiter=cg_maxiter, tol=cg_tol)
             nat, _ = ravel_pytree(res.x)
-            nat = jnp.where(jnp.all(jnp.isfinite(nat)), nat, 0.0)
+            nat = jnp.where(tree_all_finite(nat), nat, 0.0)
             solver_steps = res.num_steps
         elif scores is not None:
             G = _flat_scores(scores, updates, P)
@@ -239,13 +267,16 @@ def npg(
             else:
                 res = cg(lambda v: fisher_vector_product(G, v, damping), u,
                          maxiter=cg_maxiter, tol=cg_tol)
-                finite = jnp.all(jnp.isfinite(G)) & jnp.all(jnp.isfinite(res.x))
+                finite = tree_all_finite((G, res.x))
                 nat = jnp.where(finite, res.x, 0.0)
                 solver_steps = res.num_steps
         else:
             raise ValueError("npg.update needs the per-sample scores (scores=...) "
                              "or, with fisher='cg', a Fisher-vector product (fvp=...)")
-        step, step_size = normalized_step(u, nat.astype(u.dtype), delta)
+        if fisher == "cg":  # a traced rel_damping that CG cannot honour rejects the step
+            nat = jnp.where(jnp.asarray(rel_damping) == 0, nat, 0.0)
+        delta_t = delta(state.count) if callable(delta) else delta
+        step, step_size = _normalized_step(u, nat.astype(u.dtype), delta_t)
         new_updates = unravel(-step)
         new_state = NPGState(count=state.count + jnp.ones((), jnp.int32),
                              step_size=step_size.astype(jnp.float32),
