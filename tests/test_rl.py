@@ -5,6 +5,11 @@ environment's own invariants (rewards, resets, time limits).
 """
 
 import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +20,8 @@ from jaxctl.models.policies import categorical_policy, gaussian_policy
 from jaxctl.control.rl import episode_ends, episode_stats, gae, rollout, score_gradient
 
 gymnax = pytest.importorskip("gymnax")
+
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def gae_loop(r, v, nv, term, ends, gamma, lam):
@@ -47,12 +54,14 @@ def test_gae_matches_numpy_loop(gamma, lam):
         *(jnp.asarray(x, jnp.float32) if x.dtype != bool else jnp.asarray(x)
           for x in (r, v, nv, term, ends)), gamma, lam)
     adv_ref, ret_ref = gae_loop(r, v, nv, term, ends, gamma, lam)
-    np.testing.assert_allclose(adv, adv_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ret, ret_ref, rtol=1e-5, atol=1e-5)
+    # A T-step backward recursion in float32: errors grow like T eps.
+    tol = 4 * len(r) * EPS32
+    np.testing.assert_allclose(adv, adv_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ret, ret_ref, rtol=tol, atol=tol)
 
 
 def test_gae_lambda_one_without_bootstrap_is_monte_carlo_minus_value():
-    # The seed: discounted return to the episode end (cut episodes stop at the cut).
+    # DeWolf (2018): discounted return to the episode end (cut episodes stop at the cut).
     rewards = np.ones(7)
     ends = np.array([0, 0, 1, 0, 0, 0, 1], bool)
     values = np.linspace(0.0, 1.0, 7)
@@ -61,8 +70,8 @@ def test_gae_lambda_one_without_bootstrap_is_monte_carlo_minus_value():
                    jnp.asarray(next_values, jnp.float32), jnp.asarray(ends), jnp.asarray(ends),
                    0.5, 1.0)
     mc = np.array([1.75, 1.5, 1.0, 1.875, 1.75, 1.5, 1.0])
-    np.testing.assert_allclose(ret, mc, rtol=1e-6)
-    np.testing.assert_allclose(adv, mc - values, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ret, mc, rtol=8 * EPS32)
+    np.testing.assert_allclose(adv, mc - values, rtol=8 * EPS32, atol=8 * EPS32)
 
 
 def test_gae_validates_shapes_and_gamma():
@@ -88,7 +97,7 @@ def test_episode_stats_matches_loop():
             total = 0.0
     assert int(stats.num_episodes) == len(returns)
     np.testing.assert_allclose(stats.max_return, max(returns))
-    np.testing.assert_allclose(stats.mean_return, np.mean(returns), rtol=1e-6)
+    np.testing.assert_allclose(stats.mean_return, np.mean(returns), rtol=8 * EPS32)
 
 
 def test_score_gradient_matches_numpy():
@@ -150,3 +159,108 @@ def test_rollout_rejects_bad_num_steps():
     pi = categorical_policy(4, 2)
     with pytest.raises(ValueError, match="num_steps"):
         rollout(env, env_params, pi.sample, pi.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(1), 0)
+
+
+# ------------------------------------------------- edges fail loudly (issue 9)
+
+
+AXIS_TYPES = [jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto]
+
+
+@pytest.mark.parametrize("axis_type", AXIS_TYPES, ids=lambda t: t.name)
+def test_gae_and_episode_stats_inside_shard_map(axis_type):
+    # A carry started from a constant is not device-varying: shard_map's default
+    # check_vma rejects the scan. The carries come from the inputs instead.
+    mesh = jax.make_mesh((1,), ("d",), axis_types=(axis_type,))
+    spec = jax.sharding.PartitionSpec("d")
+    r, v, nv, term, ends = random_series(3)
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    arrays = [jax.device_put(jnp.asarray(x[None], jnp.float32 if x.dtype != bool else bool),
+                             sharding) for x in (r, v, nv, term, ends)]
+
+    def per_device(r, v, nv, term, ends):
+        adv, ret = gae(r[0], v[0], nv[0], term[0], ends[0], 0.99, 0.95)
+        stats = episode_stats(r[0], ends[0])
+        return adv[None], ret[None], stats.max_return[None]
+
+    adv, ret, max_return = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=spec,
+                                                 out_specs=spec))(*arrays)
+    adv_ref, ret_ref = gae_loop(r, v, nv, term, ends, 0.99, 0.95)
+    tol = 4 * len(r) * EPS32
+    np.testing.assert_allclose(adv[0], adv_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ret[0], ret_ref, rtol=tol, atol=tol)
+    assert float(max_return[0]) == float(episode_stats(jnp.asarray(r, jnp.float32),
+                                                       jnp.asarray(ends)).max_return)
+
+
+X64_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.config.jax_enable_x64
+    from jaxctl.control.rl import episode_stats, gae, score_gradient
+    from jaxctl.core.jacobians import per_sample_grads
+    from jaxctl.models.policies import categorical_policy
+    from jaxctl.optim.npg import npg
+
+    T = 16
+    rng = np.random.default_rng(0)
+    rewards = jnp.asarray(rng.normal(size=T), jnp.float32)   # float32 from the environment
+    values = jnp.asarray(rng.normal(size=T))                  # float64 from a float64 input
+    ends = jnp.asarray(rng.random(T) < 0.2).at[-1].set(True)
+    adv, ret = jax.jit(gae)(rewards, values, values, ends, ends, 0.99, 0.95)
+    assert adv.dtype == ret.dtype == jnp.float64, (adv.dtype, ret.dtype)
+    stats = episode_stats(jnp.asarray(rewards, jnp.float64), ends)
+    assert stats.max_return.dtype == jnp.float64
+
+    pi = categorical_policy(4, 2, (8,))
+    params = pi.init(jax.random.PRNGKey(0))
+    obs = jnp.asarray(rng.normal(size=(T, 4)))
+    actions = jnp.asarray(rng.integers(0, 2, T), jnp.int32)
+    scores = per_sample_grads(pi.log_prob, params, obs, actions)
+    grads = jax.tree.map(jnp.negative, score_gradient(scores, adv))
+    opt = npg(0.01, rel_damping=0.01)
+    update = jax.jit(lambda g, s: opt.update(g, s, scores=scores))
+    state = opt.init(params)
+    for _ in range(2):   # the state keeps its dtypes: no retrace, no carry mismatch
+        updates, state = update(grads, state)
+    assert state.step_size.dtype == jnp.float32 and int(state.count) == 2
+    assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+    print("x64 ok")
+""")
+
+
+def test_gae_and_npg_update_under_x64_in_a_subprocess():
+    # Under x64 the gae carry was float32 in, float64 out (the NPG agent crashed).
+    env = {**os.environ, "JAX_ENABLE_X64": "1"}
+    out = subprocess.run([sys.executable, "-c", X64_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and "x64 ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_integer_rewards_and_numpy_hyperparameters():
+    r, v, nv, term, ends = random_series(4)
+    ints = np.round(3 * r).astype(np.int32)
+    adv, _ = gae(jnp.asarray(ints), jnp.asarray(v, jnp.float32), jnp.asarray(nv, jnp.float32),
+                 jnp.asarray(term), jnp.asarray(ends), np.float32(0.9), np.float64(0.5))
+    adv_ref, _ = gae_loop(ints.astype(np.float64), v, nv, term, ends, 0.9, 0.5)
+    tol = 4 * len(r) * EPS32
+    np.testing.assert_allclose(adv, adv_ref, rtol=tol, atol=tol)
+    stats = episode_stats(jnp.array([1, 2, 3, 4]), jnp.array([0, 1, 0, 1], bool))
+    np.testing.assert_allclose([stats.max_return, stats.mean_return], [7.0, 5.0])
+    g = score_gradient({"w": jnp.array([[1, 2], [3, 4]])}, jnp.array([1, 2]))
+    np.testing.assert_allclose(g["w"], [3.5, 5.0])
+    x, b = jnp.zeros(5), jnp.zeros(5, bool)
+    for bad in (np.float32(1.5), jnp.float32(-0.1), float("nan")):
+        with pytest.raises(ValueError, match="gamma"):
+            gae(x, x, x, b, b, bad, 0.9)
+        with pytest.raises(ValueError, match="lam"):
+            gae(x, x, x, b, b, 0.9, bad)
+
+
+def test_empty_time_series_raise_naming_the_argument():
+    x, b = jnp.zeros(0), jnp.zeros(0, bool)
+    with pytest.raises(ValueError, match="rewards.*at least one time step"):
+        gae(x, x, x, b, b, 0.9, 0.9)
+    with pytest.raises(ValueError, match="rewards.*at least one time step"):
+        episode_stats(x, b)  # "zero-size array to reduction operation" before
+    with pytest.raises(ValueError, match="advantages"):
+        score_gradient({"w": jnp.zeros((0, 2))}, x)  # NaN before

@@ -7,7 +7,7 @@ automatic reset). An episode ends at t when the next state is terminal
 (`terminated[t]`, no value after it), when it hits the time limit
 (`truncated[t]`, the value of `s_{t+1}` is bootstrapped), or at the end of
 the batch (`t = T - 1`, cut by the batch: also bootstrapped, or treated as
-terminal as the seed did).
+terminal as DeWolf (2018) did).
 
 Environments follow gymnax's functional interface:
 `env.reset(key, params) -> (obs, state)` and
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-PyTree = Any
+from jaxctl.util.checks import PyTree, as_float, check_positive_int, check_scalar, tree_as_float
 
 
 class Trajectory(NamedTuple):
@@ -52,8 +52,8 @@ class EpisodeStats(NamedTuple):
     """Undiscounted episode returns within one batch.
 
     Attributes:
-      max_return: the largest return among the batch's episodes (the seed's
-        "max reward per batch"); the episode cut by the batch end counts with
+      max_return: the largest return among the batch's episodes (DeWolf's
+        2018 "max reward per batch"); the episode cut by the batch end counts with
         the steps it got in the batch.
       mean_return: mean return over the same episodes.
       num_episodes: int32, episodes that ended in the batch (incl. the cut one).
@@ -93,7 +93,8 @@ def rollout(
 
     The environment resets itself when an episode terminates or hits its
     time limit (gymnax auto-reset), so one batch holds as many episodes as fit
-    in `num_steps` steps, the last one cut by the batch end, as in the seed.
+    in `num_steps` steps, the last one cut by the batch end, as in DeWolf
+    (2018).
 
     Args:
       env: a gymnax-style environment (functional `reset` / `step`).
@@ -111,14 +112,14 @@ def rollout(
       ended (pass it as `start` to continue).
 
     Example:
+      >>> import gymnax
       >>> env, env_params = gymnax.make("CartPole-v1")
-      >>> pi = categorical_policy(4, 2)
-      >>> traj, _ = rollout(env, env_params, pi.sample, pi.init(k0), k1, 200)
-      >>> traj.rewards.shape
-      (200,)
+      >>> act = lambda params, key, obs: jax.random.bernoulli(key).astype(jnp.int32)  # random
+      >>> traj, _ = rollout(env, env_params, act, None, jax.random.PRNGKey(0), 200)
+      >>> traj.rewards.shape, traj.obs.shape
+      ((200,), (200, 4))
     """
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    num_steps = check_positive_int("num_steps", num_steps)
     key_reset, key_run = jax.random.split(key)
     if start is None:
         start = env.reset(key_reset, env_params)
@@ -139,6 +140,7 @@ def rollout(
 
 def episode_ends(traj: Trajectory, *, cut_at_batch_end: bool = True) -> jax.Array:
     """(T,) bool: an episode ends at t (terminal, time limit, or the batch end)."""
+    _check_time_series(terminated=traj.terminated, truncated=traj.truncated)
     ends = traj.terminated | traj.truncated
     if cut_at_batch_end:
         ends = ends.at[-1].set(True)
@@ -146,10 +148,13 @@ def episode_ends(traj: Trajectory, *, cut_at_batch_end: bool = True) -> jax.Arra
 
 
 def _check_time_series(**arrays: jax.Array) -> int:
+    """The shared length T >= 1 of the (T,) arrays (ValueError naming them otherwise)."""
     shapes = {name: jnp.shape(a) for name, a in arrays.items()}
     first = next(iter(shapes.values()))
     if len(first) != 1 or any(s != first for s in shapes.values()):
         raise ValueError(f"expected arrays of one shared shape (T,), got {shapes}")
+    if first[0] < 1:
+        raise ValueError(f"{', '.join(shapes)} must hold at least one time step (T >= 1), got T = 0")
     return first[0]
 
 
@@ -165,17 +170,20 @@ def episode_stats(rewards: jax.Array, ends: jax.Array) -> EpisodeStats:
       An `EpisodeStats`; with no episode end, max and mean are 0.
 
     Example:
-      >>> episode_stats(jnp.ones(5), jnp.array([0, 1, 0, 0, 1], bool)).max_return
-      Array(3., dtype=float32)
+      >>> float(episode_stats(jnp.ones(5), jnp.array([0, 1, 0, 0, 1], bool)).max_return)
+      3.0
     """
     _check_time_series(rewards=rewards, ends=ends)
+    rewards = as_float("rewards", rewards)
+    ends = jnp.asarray(ends, bool)
 
     def body(running, x):
         r, end = x
         total = running + r
-        return jnp.where(end, 0.0, total), total
+        return jnp.where(end, jnp.zeros_like(total), total), total
 
-    _, totals = lax.scan(body, jnp.zeros((), rewards.dtype), (rewards, ends))
+    # The carry comes from the input: its dtype (x64) and shard_map axes follow.
+    _, totals = lax.scan(body, jnp.zeros_like(rewards[0]), (rewards, ends))
     n = jnp.sum(ends.astype(jnp.int32))
     max_return = jnp.max(jnp.where(ends, totals, -jnp.inf))
     mean_return = jnp.sum(jnp.where(ends, totals, 0.0)) / jnp.maximum(n, 1)
@@ -197,8 +205,10 @@ def gae(
     `A_t = delta_t + gamma lam (1 - end_t) A_{t+1}` (a reverse `lax.scan`),
     and the value targets `R_t = A_t + V(s_t)`. With `lam = 1` the advantage
     is the discounted Monte-Carlo return to the episode end (plus
-    `gamma^k V` of the state after a cut) minus `V(s_t)`, the seed's
-    estimator; `lam = 0` is the one-step TD error.
+    `gamma^k V` of the state after a cut) minus `V(s_t)`, the estimator of
+    DeWolf (2018); `lam = 0` is the one-step TD error. Integer inputs are
+    promoted; the outputs take the promoted dtype of `rewards`, `values` and
+    `next_values`.
 
     Args:
       rewards: (T,) rewards.
@@ -208,8 +218,8 @@ def gae(
       terminated: (T,) bool, `s_{t+1}` is terminal (value 0).
       ends: (T,) bool, the episode ends at t (terminal, time limit or batch
         end); no advantage flows backwards across an end.
-      gamma: discount in [0, 1].
-      lam: GAE lambda in [0, 1].
+      gamma: discount in [0, 1] (may be traced).
+      lam: GAE lambda in [0, 1] (may be traced).
 
     Returns:
       `(advantages, returns)`, both (T,).
@@ -217,8 +227,8 @@ def gae(
     Example:
       >>> A, R = gae(jnp.ones(3), jnp.zeros(3), jnp.zeros(3),
       ...            jnp.array([0, 0, 1], bool), jnp.array([0, 0, 1], bool), 0.5, 1.0)
-      >>> A
-      Array([1.75, 1.5 , 1.  ], dtype=float32)
+      >>> print(A)
+      [1.75 1.5  1.  ]
 
     References:
       Schulman, Moritz, Levine, Jordan & Abbeel (2016), "High-dimensional
@@ -227,18 +237,23 @@ def gae(
     _check_time_series(rewards=rewards, values=values, next_values=next_values,
                        terminated=terminated, ends=ends)
     for name, value in (("gamma", gamma), ("lam", lam)):
-        if isinstance(value, (int, float)) and not 0 <= value <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {value}")
-    not_term = 1.0 - terminated.astype(rewards.dtype)
+        check_scalar(name, value, low=0.0, high=1.0)
+    rewards, values, next_values = (as_float(name, x) for name, x in (
+        ("rewards", rewards), ("values", values), ("next_values", next_values)))
+    dtype = jnp.result_type(rewards, values, next_values)
+    rewards, values, next_values = (x.astype(dtype) for x in (rewards, values, next_values))
+    gamma, lam = jnp.asarray(gamma, dtype), jnp.asarray(lam, dtype)
+    not_term = 1 - jnp.asarray(terminated, bool).astype(dtype)
     deltas = rewards + gamma * not_term * next_values - values
-    carry_on = gamma * lam * (1.0 - ends.astype(rewards.dtype))
+    carry_on = gamma * lam * (1 - jnp.asarray(ends, bool).astype(dtype))
 
     def body(next_adv, x):
         delta, c = x
         adv = delta + c * next_adv
         return adv, adv
 
-    _, adv = lax.scan(body, jnp.zeros((), rewards.dtype), (deltas, carry_on), reverse=True)
+    # The carry comes from the input: its dtype (x64) and shard_map axes follow.
+    _, adv = lax.scan(body, jnp.zeros_like(deltas[-1]), (deltas, carry_on), reverse=True)
     return adv, adv + values
 
 
@@ -254,12 +269,14 @@ def score_gradient(scores: PyTree, advantages: jax.Array) -> PyTree:
       A pytree shaped like one sample of `scores` (the parameters).
 
     Example:
-      >>> score_gradient({"w": jnp.ones((4, 3))}, jnp.arange(4.0))["w"]
-      Array([1.5, 1.5, 1.5], dtype=float32)
+      >>> print(score_gradient({"w": jnp.ones((4, 3))}, jnp.arange(4.0))["w"])
+      [1.5 1.5 1.5]
     """
-    if jnp.ndim(advantages) != 1:
-        raise ValueError(f"advantages must have shape (T,), got {jnp.shape(advantages)}")
+    advantages = as_float("advantages", advantages)
+    if advantages.ndim != 1 or advantages.shape[0] < 1:
+        raise ValueError(f"advantages must have shape (T,) with T >= 1, got {advantages.shape}")
     T = advantages.shape[0]
+    scores = tree_as_float("scores", scores)
     leaves = jax.tree.leaves(scores)
     bad = [jnp.shape(x) for x in leaves if jnp.ndim(x) < 1 or jnp.shape(x)[0] != T]
     if not leaves or bad:
