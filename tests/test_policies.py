@@ -11,7 +11,11 @@ import pytest
 from scipy import stats
 
 from jaxctl.core.jacobians import per_sample_grads
+from jaxctl.models.mlp import mlp_apply, mlp_init
 from jaxctl.models.policies import categorical_policy, gaussian_policy, value_function
+
+# float32 log-probabilities of a small MLP against float64 numpy / scipy.
+TOL = 100 * float(np.finfo(np.float32).eps)
 
 
 def softmax(z):
@@ -26,8 +30,8 @@ def test_categorical_log_prob_entropy_mode_against_numpy():
     h = np.tanh(np.asarray(obs) @ np.asarray(params[0]["w"]) + np.asarray(params[0]["b"]))
     p = softmax(h @ np.asarray(params[1]["w"]) + np.asarray(params[1]["b"]))
     for a in range(3):
-        np.testing.assert_allclose(pi.log_prob(params, obs, jnp.int32(a)), np.log(p[a]), rtol=1e-5)
-    np.testing.assert_allclose(pi.entropy(params, obs), -(p * np.log(p)).sum(), rtol=1e-5)
+        np.testing.assert_allclose(pi.log_prob(params, obs, jnp.int32(a)), np.log(p[a]), rtol=TOL)
+    np.testing.assert_allclose(pi.entropy(params, obs), -(p * np.log(p)).sum(), rtol=TOL)
     assert int(pi.mode(params, obs)) == int(np.argmax(p))
     keys = jax.random.split(jax.random.PRNGKey(1), 20000)
     samples = np.asarray(jax.jit(jax.vmap(pi.sample, (None, 0, None)))(params, keys, obs))
@@ -46,8 +50,8 @@ def test_linear_softmax_score_closed_form():
     for t in range(5):
         s = np.asarray(obs[t])
         resid = np.eye(2)[int(actions[t])] - softmax(s @ W + b)
-        np.testing.assert_allclose(scores[0]["w"][t], np.outer(s, resid), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(scores[0]["b"][t], resid, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[0]["w"][t], np.outer(s, resid), rtol=TOL, atol=TOL)
+        np.testing.assert_allclose(scores[0]["b"][t], resid, rtol=TOL, atol=TOL)
 
 
 def test_gaussian_log_prob_entropy_and_samples_against_scipy():
@@ -59,8 +63,8 @@ def test_gaussian_log_prob_entropy_and_samples_against_scipy():
     std = 2.0 * np.exp(np.array([-0.3, 0.2]))
     a = jnp.array([0.5, -1.0])
     np.testing.assert_allclose(pi.log_prob(params, obs, a),
-                               stats.norm.logpdf(np.asarray(a), mean, std).sum(), rtol=1e-5)
-    np.testing.assert_allclose(pi.entropy(params, obs), stats.norm.entropy(mean, std).sum(), rtol=1e-5)
+                               stats.norm.logpdf(np.asarray(a), mean, std).sum(), rtol=TOL)
+    np.testing.assert_allclose(pi.entropy(params, obs), stats.norm.entropy(mean, std).sum(), rtol=TOL)
     keys = jax.random.split(jax.random.PRNGKey(5), 20000)
     samples = np.asarray(jax.jit(jax.vmap(pi.sample, (None, 0, None)))(params, keys, obs))
     np.testing.assert_allclose(samples.mean(0), mean, atol=0.05)
@@ -80,3 +84,53 @@ def test_value_function_and_input_validation():
         categorical_policy(4, 1)
     with pytest.raises(ValueError, match="hidden"):
         gaussian_policy(3, 1, hidden=(0,))
+
+
+# ------------------------------------------------- edges fail loudly (issue 9)
+
+
+def test_numpy_sizes_and_integer_inputs():
+    pi = categorical_policy(np.int64(4), np.int32(2), (np.int64(8),))
+    params = pi.init(jax.random.PRNGKey(0))
+    obs = jnp.array([1, 0, -1, 2])
+    expected = pi.log_prob(params, obs.astype(jnp.float32), jnp.int32(1))
+    # A Python int action and an integer observation (an AttributeError before).
+    np.testing.assert_array_equal(pi.log_prob(params, obs, 1), expected)
+    gauss = gaussian_policy(3, 2, (4,), action_scale=np.float32(2.0))
+    gp = gauss.init(jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(gauss.log_prob(gp, jnp.array([1, 0, 2]), jnp.array([1, -1])),
+                                  gauss.log_prob(gp, jnp.array([1.0, 0.0, 2.0]), jnp.array([1.0, -1.0])))
+
+
+def test_float_action_index_is_rejected():
+    # It was truncated to an index silently (0.7 -> 0).
+    pi = categorical_policy(4, 2)
+    with pytest.raises(ValueError, match="action must be an integer"):
+        pi.log_prob(pi.init(jax.random.PRNGKey(0)), jnp.zeros(4), jnp.array(0.7))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(action_scale=np.float32(-1.0)), "action_scale"),
+    (dict(action_scale=float("nan")), "action_scale"),
+    (dict(action_scale=float("inf")), "action_scale"),
+    (dict(log_std_init=float("nan")), "log_std_init"),
+    (dict(output_scale=float("inf")), "output_scale"),
+    (dict(hidden=(2.5,)), "hidden"),
+    (dict(activation="sigmoid"), "activation"),
+])
+def test_bad_gaussian_configuration_raises(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        gaussian_policy(3, 1, **kwargs)
+
+
+def test_bad_sizes_raise_naming_the_argument():
+    with pytest.raises(ValueError, match="obs_dim"):
+        value_function(4.0)
+    with pytest.raises(ValueError, match="action_dim"):
+        gaussian_policy(3, 0)
+    with pytest.raises(ValueError, match="sizes"):
+        mlp_init(jax.random.PRNGKey(0), (4.7, 2))  # truncated to 4 before
+    with pytest.raises(ValueError, match="sizes"):
+        mlp_init(jax.random.PRNGKey(0), (4,))
+    with pytest.raises(ValueError, match="params"):
+        mlp_apply([], jnp.ones(2))  # an IndexError before

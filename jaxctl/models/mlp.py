@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxctl.util.checks import as_float, check_choice, check_finite, check_positive_int
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
@@ -28,7 +30,7 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], *, dtype=jnp.float32,
 
     Args:
       key: PRNG key.
-      sizes: layer widths `(n_in, h_1, ..., n_out)`, at least two entries.
+      sizes: layer widths `(n_in, h_1, ..., n_out)`, at least two positive ints.
       dtype: parameter dtype.
       output_scale: multiplies the last layer's weights (small values give a
         near-uniform initial policy, a common choice for policy networks).
@@ -41,9 +43,10 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], *, dtype=jnp.float32,
       >>> mlp_apply(params, jnp.ones(4)).shape
       (2,)
     """
-    sizes = tuple(int(s) for s in sizes)
-    if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"sizes must hold at least two positive widths, got {sizes}")
+    sizes = tuple(check_positive_int("sizes", s) for s in sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must hold at least two widths (input and output), got {sizes}")
+    check_finite("output_scale", output_scale)
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
@@ -58,11 +61,15 @@ def mlp_apply(params: Sequence[dict[str, jax.Array]], x: jax.Array,
               activation: str = "tanh") -> jax.Array:
     """Applies the MLP to one input `x` of shape `(n_in,)` (vmap for batches).
 
+    Integer inputs are promoted to float.
+
     Returns:
       The linear output layer's value, shape `(n_out,)`.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    check_choice("activation", activation, tuple(sorted(ACTIVATIONS)))
+    if len(params) < 1:
+        raise ValueError("params must hold at least one layer (as mlp_init returns)")
+    x = as_float("x", x)
     n_in = params[0]["w"].shape[0]
     if x.shape != (n_in,):
         raise ValueError(f"x must have shape ({n_in},) (one unbatched input), got {x.shape}")

@@ -19,14 +19,21 @@ in `[0, num_actions)`; a continuous action has shape (action_dim,).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxctl.models.mlp import ACTIVATIONS, mlp_apply, mlp_init
-
-PyTree = Any
+from jaxctl.util.checks import (
+    PyTree,
+    as_float,
+    check_choice,
+    check_finite,
+    check_finite_positive,
+    check_int,
+    check_positive_int,
+)
 
 
 class Policy(NamedTuple):
@@ -46,22 +53,23 @@ class ValueFunction(NamedTuple):
     apply: Callable[[PyTree, jax.Array], jax.Array]
 
 
-def _check_sizes(obs_dim: int, out_dim: int, hidden: Sequence[int], activation: str) -> tuple[int, ...]:
-    for name, value in (("obs_dim", obs_dim), ("out_dim", out_dim)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    hidden = tuple(hidden)
-    if any((not isinstance(h, int)) or h < 1 for h in hidden):
-        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    return (obs_dim, *hidden, out_dim)
+def _check_sizes(obs_dim: int, out: tuple[str, int], hidden: Sequence[int], activation: str,
+                 output_scale: float) -> tuple[int, ...]:
+    """The MLP widths `(obs_dim, *hidden, out_dim)`, each a positive int; `out = (name, out_dim)`."""
+    sizes = (check_positive_int("obs_dim", obs_dim),
+             *(check_positive_int("hidden widths", h) for h in hidden),
+             check_positive_int(*out))
+    check_choice("activation", activation, tuple(sorted(ACTIVATIONS)))
+    check_finite("output_scale", output_scale)
+    return sizes
 
 
-def _check_obs(obs: jax.Array, obs_dim: int) -> None:
-    if jnp.shape(obs) != (obs_dim,):
+def _check_obs(obs: jax.Array, obs_dim: int) -> jax.Array:
+    obs = as_float("obs", obs)
+    if obs.shape != (obs_dim,):
         raise ValueError(f"obs must have shape ({obs_dim},) (one unbatched observation; vmap "
-                         f"for batches), got {jnp.shape(obs)}")
+                         f"for batches), got {obs.shape}")
+    return obs
 
 
 def categorical_policy(
@@ -76,7 +84,7 @@ def categorical_policy(
 
     `pi(a | s) = softmax(f_theta(s))_a`; the score is
     `d log pi(a|s) / d theta = d f_a / d theta - sum_b pi(b|s) d f_b / d theta`.
-    `hidden=()` is the seed's linear softmax policy (plus a bias).
+    `hidden=()` is the linear softmax policy of DeWolf (2018) (plus a bias).
 
     Args:
       obs_dim: observation size.
@@ -100,22 +108,22 @@ def categorical_policy(
       Williams (1992), "Simple statistical gradient-following algorithms for
       connectionist reinforcement learning".
     """
-    if not isinstance(num_actions, int) or num_actions < 2:
-        raise ValueError(f"num_actions must be an int >= 2, got {num_actions!r}")
-    sizes = _check_sizes(obs_dim, num_actions, hidden, activation)
+    check_int("num_actions", num_actions, low=2)
+    sizes = _check_sizes(obs_dim, ("num_actions", num_actions), hidden, activation, output_scale)
 
     def init(key):
         return mlp_init(key, sizes, output_scale=output_scale)
 
     def logits(params, obs):
-        _check_obs(obs, obs_dim)
-        return mlp_apply(params, obs, activation)
+        return mlp_apply(params, _check_obs(obs, obs_dim), activation)
 
     def log_prob(params, obs, action):
-        if jnp.ndim(action) != 0:
-            raise ValueError(f"action must be a scalar index, got shape {jnp.shape(action)}")
+        action = jnp.asarray(action)
+        if action.ndim != 0 or not jnp.issubdtype(action.dtype, jnp.integer):
+            raise ValueError(f"action must be an integer scalar index, got shape {action.shape} "
+                             f"dtype {action.dtype}")
         logp = jax.nn.log_softmax(logits(params, obs))
-        return jnp.take(logp, action.astype(jnp.int32))
+        return jnp.take(logp, action)
 
     def sample(params, key, obs):
         return jax.random.categorical(key, logits(params, obs)).astype(jnp.int32)
@@ -172,24 +180,23 @@ def gaussian_policy(
       Rajeswaran, Lowrey, Todorov & Kakade (2017), "Towards generalization and
       simplicity in continuous control".
     """
-    sizes = _check_sizes(obs_dim, action_dim, hidden, activation)
-    if not action_scale > 0:
-        raise ValueError(f"action_scale must be > 0, got {action_scale!r}")
-    log_scale = math.log(action_scale)
+    sizes = _check_sizes(obs_dim, ("action_dim", action_dim), hidden, activation, output_scale)
+    log_scale = math.log(float(check_finite_positive("action_scale", action_scale)))
+    check_finite("log_std_init", log_std_init)
 
     def init(key):
         return {"mean": mlp_init(key, sizes, output_scale=output_scale),
                 "log_std": jnp.full((action_dim,), log_std_init, jnp.float32)}
 
     def mean_std(params, obs):
-        _check_obs(obs, obs_dim)
-        mean = action_scale * mlp_apply(params["mean"], obs, activation)
+        mean = action_scale * mlp_apply(params["mean"], _check_obs(obs, obs_dim), activation)
         log_std = params["log_std"] + log_scale
         return mean, log_std
 
     def log_prob(params, obs, action):
-        if jnp.shape(action) != (action_dim,):
-            raise ValueError(f"action must have shape ({action_dim},), got {jnp.shape(action)}")
+        action = as_float("action", action)
+        if action.shape != (action_dim,):
+            raise ValueError(f"action must have shape ({action_dim},), got {action.shape}")
         mean, log_std = mean_std(params, obs)
         z = (action - mean) * jnp.exp(-log_std)
         return -0.5 * jnp.sum(z * z) - jnp.sum(log_std) - 0.5 * action_dim * math.log(2 * math.pi)
@@ -216,7 +223,7 @@ def value_function(
 ) -> ValueFunction:
     """State-value baseline `V_phi(s)`, an MLP with a scalar output.
 
-    The default (4-10-1, ReLU) is the seed's value network.
+    The default (4-10-1, ReLU) is the value network of DeWolf (2018).
 
     Args:
       obs_dim: observation size.
@@ -231,13 +238,12 @@ def value_function(
       >>> vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.zeros(4)).shape
       ()
     """
-    sizes = _check_sizes(obs_dim, 1, hidden, activation)
+    sizes = _check_sizes(obs_dim, ("output size", 1), hidden, activation, 1.0)
 
     def init(key):
         return mlp_init(key, sizes)
 
     def apply(params, obs):
-        _check_obs(obs, obs_dim)
-        return mlp_apply(params, obs, activation)[0]
+        return mlp_apply(params, _check_obs(obs, obs_dim), activation)[0]
 
     return ValueFunction(init, apply)

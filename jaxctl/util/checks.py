@@ -93,6 +93,12 @@ def check_finite_positive(name: str, value: Any) -> Any:
     return check_scalar(name, value, low=0.0, low_open=True, high=float("inf"), high_open=True)
 
 
+def check_finite(name: str, value: Any) -> Any:
+    """`-inf < value < inf` (not NaN), for a concrete scalar; traced values pass."""
+    return check_scalar(name, value, low=-float("inf"), low_open=True, high=float("inf"),
+                        high_open=True)
+
+
 def check_int(name: str, value: Any, *, low: int | None = None) -> int:
     """A static integer (Python, numpy or 0-d concrete jax integer) `>= low`, as `int`.
 
