@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     import numpy as np
     from jax import lax
 
-    from jaxctl.apps import npg as agent
+    from jaxctl.experiments import npg_sessions as agent
     from jaxctl.core.fisher import fisher_matrix
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
     from jaxctl.optim.npg import npg
@@ -55,10 +55,10 @@ def main(argv=None) -> int:
     if args.quick:
         args.sessions, args.chunk, args.repeats = [3], 2, 2
     out = _common.make_run_dir(args.out, "bench-npg")
-    base = agent.Config(bootstrap=True)
+    base = agent.NPGSettings(bootstrap=True)
     variants = {
         "npg-damped": base._replace(delta=0.002, rel_damping=0.01),
-        "npg-seed": base._replace(delta=0.001),
+        "npg-dewolf": base._replace(delta=0.001),  # DeWolf (2018): undamped pseudo-inverse
         "npg-cg": base._replace(fisher="cg", delta=0.002, damping=1e-3),
         "pg-adam": base._replace(algo="pg"),
     }
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     F = G.T @ G / G.shape[0]
     grads = jax.tree.map(jnp.negative, score_gradient(scores, adv))
     checks = {}
-    for name in ("npg-damped", "npg-seed"):
+    for name in ("npg-damped", "npg-dewolf"):
         c = variants[name]
         opt = npg(c.delta, rel_damping=c.rel_damping)
         upd, _ = opt.update(grads, opt.init(pi_params), scores=scores)

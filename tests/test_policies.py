@@ -74,7 +74,8 @@ def test_gaussian_log_prob_entropy_and_samples_against_scipy():
 def test_value_function_and_input_validation():
     vf = value_function(4)
     v = vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.ones(4))
-    assert v.shape == () and v.dtype == jnp.float32
+    # float32 parameters; a float64 observation (x64) promotes, as jax does.
+    assert v.shape == () and v.dtype == jnp.promote_types(jnp.float32, jnp.ones(4).dtype)
     with pytest.raises(ValueError, match="obs"):
         vf.apply(vf.init(jax.random.PRNGKey(0)), jnp.ones((2, 4)))
     pi = categorical_policy(4, 2)
@@ -93,13 +94,14 @@ def test_numpy_sizes_and_integer_inputs():
     pi = categorical_policy(np.int64(4), np.int32(2), (np.int64(8),))
     params = pi.init(jax.random.PRNGKey(0))
     obs = jnp.array([1, 0, -1, 2])
-    expected = pi.log_prob(params, obs.astype(jnp.float32), jnp.int32(1))
+    expected = pi.log_prob(params, obs.astype(float), jnp.int32(1))  # the default float
     # A Python int action and an integer observation (an AttributeError before).
     np.testing.assert_array_equal(pi.log_prob(params, obs, 1), expected)
     gauss = gaussian_policy(3, 2, (4,), action_scale=np.float32(2.0))
     gp = gauss.init(jax.random.PRNGKey(1))
     np.testing.assert_array_equal(gauss.log_prob(gp, jnp.array([1, 0, 2]), jnp.array([1, -1])),
-                                  gauss.log_prob(gp, jnp.array([1.0, 0.0, 2.0]), jnp.array([1.0, -1.0])))
+                                  gauss.log_prob(gp, jnp.array([1.0, 0.0, 2.0]),
+                                                 jnp.array([1.0, -1.0])))
 
 
 def test_float_action_index_is_rejected():
