@@ -167,7 +167,7 @@ def _plan(name, state, key, num_samples=64, chunk_size=None):
 def test_fields_agree_with_each_other(name):
     x0 = jnp.array([0.3, -0.2, 0.1, 0.5])
     res = _plan(name, x0, jax.random.PRNGKey(2))
-    assert res.actions.shape == (HORIZON, N_ACT) and res.actions.dtype == jnp.float32
+    assert res.actions.shape == (HORIZON, N_ACT) and res.actions.dtype == jnp.result_type(float)
     assert res.states.shape == (HORIZON + 1, N_STATE)
     assert res.rewards.shape == (HORIZON,) and res.total_reward.shape == ()
     # Independent re-simulation of the returned actions, step by step in numpy order.

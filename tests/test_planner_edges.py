@@ -174,3 +174,15 @@ def test_planners_on_an_explicit_mesh(name):
         got = jax.jit(jax.vmap(plan))(jax.device_put(states, P("d")), jax.device_put(keys, P("d")))
     want = jax.jit(jax.vmap(plan))(states, keys)
     np.testing.assert_array_equal(got.actions, want.actions)
+
+
+def test_a_float64_model_with_float32_states_plans_in_float64():
+    with jax.enable_x64(True):
+        a = jnp.float64(0.9)
+        model = lambda x, u: a * x + u  # noqa: E731  (returns float64 for float32 x)
+        xs = simulate(model, jnp.ones(1, jnp.float32), jnp.ones((2, 1), jnp.float32))
+        assert xs.dtype == jnp.float64
+        np.testing.assert_allclose(xs[:, 0], [1.0, 1.9, 2.71], rtol=1e-12)
+        res = _plan("cem", model, quadratic, jnp.ones(1, jnp.float32), jax.random.PRNGKey(0),
+                    action_low=LOW.astype(jnp.float32), action_high=HIGH.astype(jnp.float32))
+        assert res.actions.dtype == jnp.float64 and np.isfinite(res.total_reward)

@@ -63,7 +63,7 @@ def test_reach_loss_matches_numpy_transcription():
         got = task.reach_loss(jnp.asarray(states), jnp.asarray(torques), jnp.asarray(tgt), w, alpha=0.3)
         np.testing.assert_allclose(got, numpy_loss(states, torques, np.asarray(tgt), np.asarray(w), 0.3), rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(w_ob), [0, 0, 1, 0, 0, 0, 1])
-    np.testing.assert_array_equal(np.asarray(sched[:3]), np.broadcast_to(target, (3, 4)).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(sched[:3]), np.broadcast_to(target, (3, 4)).astype(sched.dtype))
     np.testing.assert_array_equal(np.asarray(sched[3:]), 0.0)
     with pytest.raises(ValueError, match="weights must have shape"):
         task.reach_loss(jnp.asarray(states), jnp.asarray(torques), jnp.asarray(target), jnp.ones(T + 1))
@@ -111,8 +111,9 @@ def test_rollout_matches_python_loop_with_delay_noise_and_schedule(sets):
     ctrl = rnn_controller(params)
     sched, _ = task.out_and_back(sets["train"].state[5], task.start_state(), T)
     key = jax.random.PRNGKey(2)
-    out = jax.jit(lambda p, k: closed_loop.rollout(rnn_controller(p), jnp.zeros(6), task.start_state(), sched, T,
-                                            delay=delay, noise_std=0.05, key=k))(params, key)
+    out = jax.jit(lambda p, k: closed_loop.rollout(
+        rnn_controller(p), jnp.zeros(6), task.start_state(), sched, T, delay=delay,
+        noise_std=0.05, key=k))(params, key)
     noise = out.applied_torques - out.torques
     loop = jax.jit(lambda c0, x0, sched, noise: python_loop_rollout(ctrl, c0, x0, sched, T, delay, noise))
     states, us, inputs, c = loop(jnp.zeros(6), task.start_state(), sched, noise)
@@ -219,8 +220,9 @@ def test_gradient_stateful_controller_with_delay_and_noise():
         key = jax.random.PRNGKey(8)
 
         def loss(p):
-            out = closed_loop.rollout(rnn_controller(p), jnp.zeros(6, jnp.float64), task.start_state(dtype=jnp.float64),
-                               sched, T, delay=2, noise_std=0.1, key=key)
+            out = closed_loop.rollout(rnn_controller(p), jnp.zeros(6, jnp.float64),
+                                      task.start_state(dtype=jnp.float64), sched, T, delay=2,
+                                      noise_std=0.1, key=key)
             return task.reach_loss(out.states, out.torques, sched, w, alpha=1e-2)
 
         grad = jax.jit(jax.grad(loss))(params)

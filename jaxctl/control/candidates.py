@@ -82,6 +82,11 @@ def validate(dynamics, reward, state, num_samples, horizon, action_low, action_h
     if getattr(r_spec, "shape", None) != ():
         raise ValueError(f"reward(state, action, next_state) must return a scalar, got shape "
                          f"{getattr(r_spec, 'shape', r_spec)}")
+    # A float64 model or reward fed float32 states computes in float64: so do the carries.
+    dtype = jnp.result_type(state, next_spec.dtype, r_spec.dtype)
+    state, low, high = state.astype(dtype), low.astype(dtype), high.astype(dtype)
+    if init_actions is not None:
+        init_actions = init_actions.astype(dtype)
     return state, low, high, init_actions, num_samples, horizon, chunk_size
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,16 @@ def _check_actions(actions: jax.Array) -> jax.Array:
     return actions
 
 
+def _start(dynamics: Dynamics, state: Any, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Checked `(x_0, actions)`, `x_0` in the dtype the model returns and typed after both."""
+    actions = _check_actions(actions)
+    state = checks.as_float("state", state)
+    # A float64 model fed float32 states returns float64: start the carry there.
+    out = jax.eval_shape(dynamics, state, actions[0])
+    dtype = jnp.result_type(state, getattr(out, "dtype", state.dtype))
+    return state.astype(dtype) + carry_zero(state, actions, dtype=dtype), actions
+
+
 def simulate(dynamics: Dynamics, state: jax.Array, actions: jax.Array) -> jax.Array:
     """Open-loop states of an action sequence under `dynamics`.
 
@@ -74,9 +84,7 @@ def simulate(dynamics: Dynamics, state: jax.Array, actions: jax.Array) -> jax.Ar
       >>> simulate(lambda x, u: x + u, jnp.zeros(1), jnp.ones((3, 1)))[:, 0].tolist()
       [0.0, 1.0, 2.0, 3.0]
     """
-    actions = _check_actions(actions)
-    state = checks.as_float("state", state)
-    x0 = state + carry_zero(state, actions, dtype=state.dtype)
+    x0, actions = _start(dynamics, state, actions)
 
     def step(x, u):
         x_next = dynamics(x, u)
@@ -107,9 +115,7 @@ def rollout(dynamics: Dynamics, reward: Reward, state: jax.Array,
       >>> rs.tolist()
       [-1.0, -4.0]
     """
-    actions = _check_actions(actions)
-    state = checks.as_float("state", state)
-    x0 = state + carry_zero(state, actions, dtype=state.dtype)
+    x0, actions = _start(dynamics, state, actions)
 
     def step(x, u):
         x_next = dynamics(x, u)
