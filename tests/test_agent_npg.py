@@ -24,12 +24,11 @@ CONFIG = agent.NPGSettings(delta=0.002, rel_damping=0.01, bootstrap=True)
 @pytest.fixture(scope="module")
 def compiled():
     """One compiled, session-vmapped CartPole NPG program shared by the tests."""
-    init, run_chunk = agent.make_train(CONFIG, CHUNK)
-    return init, run_chunk
+    return agent.SessionTrainer(CONFIG, CHUNK)
 
 
 def test_vmapped_sessions_equal_sessions_run_one_by_one(compiled):
-    init, run_chunk = compiled
+    init, run_chunk = compiled.init_fn, compiled.chunk_fn
     keys = agent.session_keys(7, 3)
     state, metrics = run_chunk(init(keys))
     # One by one: the un-vmapped session, jitted on its own.
@@ -46,7 +45,7 @@ def test_vmapped_sessions_equal_sessions_run_one_by_one(compiled):
 
 
 def test_a_few_npg_batches_beat_the_initial_policy(compiled):
-    init, run_chunk = compiled
+    init, run_chunk = compiled.init_fn, compiled.chunk_fn
     state = init(agent.session_keys(0, 3))  # 3 sessions: the same compiled program
     returns = []
     for _ in range(8):  # 32 batches
@@ -60,7 +59,7 @@ def test_a_few_npg_batches_beat_the_initial_policy(compiled):
 
 
 def test_chunk_program_does_not_recompile(compiled):
-    init, run_chunk = compiled
+    init, run_chunk = compiled.init_fn, compiled.chunk_fn
     state = init(agent.session_keys(1, 3))
     state, _ = run_chunk(state)
     before = run_chunk._cache_size()
@@ -104,12 +103,11 @@ def test_cli_npg_quick_writes_results_and_plots(tmp_path):
 
 
 def test_session_trainer_logs_every_batch_and_calls_back(compiled):
-    trainer = agent.SessionTrainer(CONFIG, CHUNK)
-    seen = []
-    state, log = trainer.run(trainer.initial_state(agent.session_keys(2, 2)), 2 * CHUNK,
+    trainer, seen = compiled, []
+    state, log = trainer.run(trainer.initial_state(agent.session_keys(2, 3)), 2 * CHUNK,
                              lambda st, done, m: seen.append((done, m.max_return.shape)))
-    assert seen == [(CHUNK, (2, CHUNK)), (2 * CHUNK, (2, CHUNK))]
-    assert log["metrics"].max_return.shape == (2, 2 * CHUNK)
+    assert seen == [(CHUNK, (3, CHUNK)), (2 * CHUNK, (3, CHUNK))]
+    assert log["metrics"].max_return.shape == (3, 2 * CHUNK)
     assert np.all(np.asarray(state.batch) == 2 * CHUNK)
     with pytest.raises(ValueError, match="multiple of chunk"):
         trainer.run(state, CHUNK + 1)

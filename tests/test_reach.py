@@ -16,6 +16,7 @@ import pytest
 
 import jaxctl.apps.cli as cli
 import jaxctl.apps.reach as reach_app
+import jaxctl.envs.closed_loop as closed_loop
 import jaxctl.envs.reach_task as rt
 import jaxctl.experiments.reach_model as reach
 import jaxctl.experiments.reach_train as train
@@ -23,6 +24,10 @@ from jaxctl.core.gauss_newton import gauss_newton_model
 from jaxctl.util.checkpoint import CheckpointError
 
 TINY = reach.ReachSettings(hidden=8, steps=10, targets=8, cg_iters=20, alpha=1e-6)
+F32 = jnp.float32  # the network's dtype (also under jax_enable_x64)
+# Two float32 loops of 10 steps through the same arithmetic in another order:
+# a few hundred ulps of agreement.
+TOL = 200 * float(jnp.finfo(F32).eps)
 TINY_FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-iters", "20", "--alpha", "1e-6"]
 
 
@@ -43,8 +48,8 @@ def _same_tree(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_closed_loop_matches_reach_task_rollout(trainer):
-    """The RNN-with-plant rollout equals `reach_task.rollout` driven by the
+def test_closed_loop_matches_the_envs_rollout(trainer):
+    """The RNN-with-plant rollout equals `closed_loop.rollout` driven by the
     same network step by step (an independent loop), with the torque fold."""
     s = TINY
     params = trainer.initial_state().params
@@ -61,18 +66,18 @@ def test_closed_loop_matches_reach_task_rollout(trainer):
         out = h2 @ w["2->3"] + b["3"]
         return (h1 @ rec["1"], h2 @ rec["2"]), reach.fold_torque(out)
 
-    ref = jax.jit(lambda: rt.rollout(ctrl, (params["h0"]["1"], params["h0"]["2"]),
-                                     rt.start_state(), target, s.steps))()
-    np.testing.assert_allclose(states, ref.states[1:], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(reach.fold_torque(y), ref.torques, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(inputs, ref.inputs, rtol=1e-5, atol=1e-6)
+    ref = jax.jit(lambda: closed_loop.rollout(ctrl, (params["h0"]["1"], params["h0"]["2"]),
+                                              rt.start_state(dtype=F32), target, s.steps))()
+    np.testing.assert_allclose(states, ref.states[1:], rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(reach.fold_torque(y), ref.torques, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(inputs, ref.inputs, rtol=TOL, atol=TOL)
 
 
-def test_delay_and_noise_match_reach_task_rollout():
+def test_delay_and_noise_match_the_envs_rollout():
     s = TINY._replace(delay=2, torque_noise=0.5)
     params = reach.init_params(jax.random.PRNGKey(1), s)
-    target = rt.circle_targets(8).state[1]
-    noise = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (s.steps, 2))
+    target = rt.circle_targets(8).state[1].astype(F32)
+    noise = 0.5 * jax.random.normal(jax.random.PRNGKey(2), (s.steps, 2), F32)
     states, y, inputs = jax.jit(lambda p: reach.closed_loop(
         p, s, jnp.broadcast_to(target, (s.steps, 4)), noise))(params)
     w, b, rec = params["w"], params["b"], params["rec"]
@@ -82,12 +87,13 @@ def test_delay_and_noise_match_reach_task_rollout():
         h2 = jnp.tanh(inp @ w["0->2"] + h1 @ w["1->2"] + b["2"] + c[1])
         return (h1 @ rec["1"], h2 @ rec["2"]), reach.fold_torque(h2 @ w["2->3"] + b["3"])
 
-    # reach_task.rollout draws noise_std * N(0, 1) from its key: reproduce it.
-    ref = jax.jit(lambda: rt.rollout(ctrl, (params["h0"]["1"], params["h0"]["2"]), rt.start_state(),
-                                     target, s.steps, delay=2, noise_std=0.5,
-                                     key=jax.random.PRNGKey(2)))()
-    np.testing.assert_allclose(states, ref.states[1:], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(inputs, ref.inputs, rtol=1e-5, atol=1e-6)
+    # closed_loop.rollout draws noise_std * N(0, 1) from its key: reproduce it.
+    ref = jax.jit(lambda: closed_loop.rollout(ctrl, (params["h0"]["1"], params["h0"]["2"]),
+                                              rt.start_state(dtype=F32), target, s.steps,
+                                              delay=2, noise_std=0.5,
+                                              key=jax.random.PRNGKey(2)))()
+    np.testing.assert_allclose(states, ref.states[1:], rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(inputs, ref.inputs, rtol=TOL, atol=TOL)
 
 
 def test_gradient_is_the_exact_closed_loop_gradient(trainer):
@@ -101,7 +107,7 @@ def test_gradient_is_the_exact_closed_loop_gradient(trainer):
     model = lambda p: reach.closed_loop_batch(p, TINY, batch)
     lossfn = lambda out: reach.batch_loss(out, batch, TINY)
 
-    v = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(3), a.shape), params)
+    v = jax.tree.map(lambda a: jax.random.normal(jax.random.PRNGKey(3), a.shape, a.dtype), params)
     eps = 1e-3
 
     @jax.jit

@@ -283,12 +283,12 @@ class SessionTrainer:
 
     def __init__(self, settings: NPGSettings, chunk: int):
         self.settings, self.chunk = settings, chunk
-        self._init, self._run_chunk = make_train(settings, chunk)
+        self.init_fn, self.chunk_fn = make_train(settings, chunk)  # the jitted pieces
         self.init_seconds = None
 
     def initial_state(self, keys: jax.Array) -> SessionState:
         t0 = time.perf_counter()
-        state = jax.block_until_ready(self._init(keys))
+        state = jax.block_until_ready(self.init_fn(keys))
         self.init_seconds = time.perf_counter() - t0
         return state
 
@@ -300,7 +300,7 @@ class SessionTrainer:
         parts, times = [], []
         for i in range(num_batches // self.chunk):
             t0 = time.perf_counter()
-            state, metrics = jax.block_until_ready(self._run_chunk(state))
+            state, metrics = jax.block_until_ready(self.chunk_fn(state))
             times.append(time.perf_counter() - t0)
             parts.append(jax.tree.map(np.asarray, metrics))
             if callback is not None:
@@ -352,7 +352,9 @@ def random_policy_return(settings: NPGSettings, keys: jax.Array, episodes: int =
     space = env.action_space(env_params)
 
     def act(_, key, obs):
-        return space.sample(key)
+        # The space's own dtype: under jax_enable_x64 a sample would be float64
+        # and the environment's state would change dtype at the first step.
+        return space.sample(key).astype(getattr(space, "dtype", None) or obs.dtype)
 
     def one(key):
         traj, _ = rollout(env, env_params, act, None, key, settings.max_episode_steps * episodes)

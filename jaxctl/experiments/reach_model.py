@@ -182,7 +182,7 @@ def closed_loop(params: PyTree, s: ReachSettings, target: jax.Array,
         noise = jnp.zeros(target.shape[:1] + (DOF,), target.dtype) if noise is None else noise
 
         def plant(p, y):
-            u = fold_torque(y) + noise[p["t"]]
+            u = fold_torque(y) + noise[p["t"].astype(jnp.int32)]
             new = {"x": _arm.step(p["x"], u), "t": p["t"] + 1}
             if s.delay:
                 new["buf"] = jnp.concatenate([p["buf"][1:], p["x"][None]], axis=0)
@@ -191,7 +191,9 @@ def closed_loop(params: PyTree, s: ReachSettings, target: jax.Array,
         def observe(p):
             return p["buf"][0] if s.delay else p["x"]
 
-        p0 = {"x": x0, "t": jnp.zeros((), jnp.int32)}
+        # The step counter is a float that follows the inputs' dtype (the RNN
+        # promotes integer plant states); it indexes the noise after a cast.
+        p0 = {"x": x0, "t": jnp.zeros_like(target[0, 0])}
         if s.delay:
             p0["buf"] = jnp.broadcast_to(x0, (s.delay, N_STATE))
         spec = network_spec(s.hidden, plant=plant, observe=observe)
