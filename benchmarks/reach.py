@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=40, help="HF iterations on each side")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--cg-iters", type=int, default=96)
+    parser.add_argument("--cg-maxiter", type=int, default=96, help="CG budget per HF step")
     parser.add_argument("--damping", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hf-python", default=".venv-hessianfree/bin/python",
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     load0 = os.getloadavg()
     # alpha = 10e-3 dt: the torque penalty of DeWolf (2016), as the baseline uses.
-    s = reach.ReachSettings(hidden=args.hidden, steps=args.steps, cg_iters=args.cg_iters,
+    s = reach.ReachSettings(hidden=args.hidden, steps=args.steps, cg_maxiter=args.cg_maxiter,
                             damping=args.damping, seed=args.seed, alpha=10e-3 * 0.01)
     trainer = ReachTrainer(s)
     state = trainer.initial_state()
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = [args.hf_python, os.path.join(HERE, "hessianfree_arm_baseline.py"),
                    "--iters", str(args.iters), "--T", str(args.steps), "--hidden", str(args.hidden),
-                   "--cg-iter", str(args.cg_iters), "--init-damping", str(args.damping),
+                   "--cg-iter", str(args.cg_maxiter), "--init-damping", str(args.damping),
                    "--seed", str(args.seed), "--threads", "0" if args.multi_thread else "1",
                    "--out", tmp]
             print("running:", " ".join(cmd), flush=True)

@@ -15,9 +15,9 @@ from jaxctl.apps.reach import CHECKPOINT_NAME
 from jaxctl.experiments.reach_model import ReachSettings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-iters", "10",
+FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-maxiter", "10",
          "--eval-every", "0", "--checkpoint-every", "2"]
-SETTINGS = ReachSettings(hidden=8, steps=10, targets=8, cg_iters=10)
+SETTINGS = ReachSettings(hidden=8, steps=10, targets=8, cg_maxiter=10)
 
 
 def _start(out, iterations):

@@ -23,12 +23,12 @@ import jaxctl.experiments.reach_train as train
 from jaxctl.core.gauss_newton import gauss_newton_model
 from jaxctl.util.checkpoint import CheckpointError
 
-TINY = reach.ReachSettings(hidden=8, steps=10, targets=8, cg_iters=20, alpha=1e-6)
+TINY = reach.ReachSettings(hidden=8, steps=10, targets=8, cg_maxiter=20, alpha=1e-6)
 F32 = jnp.float32  # the network's dtype (also under jax_enable_x64)
 # Two float32 loops of 10 steps through the same arithmetic in another order:
 # a few hundred ulps of agreement.
 TOL = 200 * float(jnp.finfo(F32).eps)
-TINY_FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-iters", "20", "--alpha", "1e-6"]
+TINY_FLAGS = ["--hidden", "8", "--steps", "10", "--targets", "8", "--cg-maxiter", "20", "--alpha", "1e-6"]
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed (weights, targets, noise)")
     parser.add_argument("--iterations", type=integer(1), default=None,
                         help="HF iterations (default 150; --quick: 40)")
-    parser.add_argument("--cg-iters", type=integer(1), default=50, help="CG budget per HF step")
+    parser.add_argument("--cg-maxiter", type=integer(1), default=50, help="CG budget per HF step")
     parser.add_argument("--damping", type=real(1e-8, 1e8), default=1e-3,
                         help="initial Levenberg-Marquardt damping (the loss is a mean over targets: "
                              "start small; it adapts both ways)")
@@ -80,7 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> ReachSettings:
         hidden=args.hidden if args.hidden is not None else (16 if quick else 32),
         steps=args.steps if args.steps is not None else rt.T_DEWOLF,
         targets=args.targets if args.targets is not None else (16 if quick else rt.N_TARGETS),
-        regime=args.regime, hold=args.hold, seed=args.seed, cg_iters=args.cg_iters,
+        regime=args.regime, hold=args.hold, seed=args.seed, cg_maxiter=args.cg_maxiter,
         damping=args.damping, loss=args.loss, out_and_back=bool(args.out_and_back),
         delay=args.delay, torque_noise=float(args.torque_noise),
         random_targets=args.random_targets, init_scale=args.init_scale,

@@ -82,7 +82,7 @@ class ReachSettings(NamedTuple):
       regime: `"closed"` (a) or `"fixed-inputs"` (b).
       hold: HF updates per recorded rollout in regime (b) (DeWolf 2016: 32).
       seed: PRNG seed (weights, random targets, noise).
-      cg_iters: CG budget per HF step.
+      cg_maxiter: CG budget per HF step.
       damping: initial Levenberg-Marquardt damping.
       loss: `"final"` (DeWolf 2016) or `"every-step"`.
       out_and_back: reach out then back to the centre.
@@ -99,7 +99,7 @@ class ReachSettings(NamedTuple):
     regime: str = "closed"
     hold: int = 32
     seed: int = 0
-    cg_iters: int = 50
+    cg_maxiter: int = 50
     damping: float = 1e-3
     loss: str = "final"
     out_and_back: bool = False
@@ -118,7 +118,7 @@ class ReachSettings(NamedTuple):
             (self.regime in ("closed", "fixed-inputs"),
              f"--regime must be 'closed' or 'fixed-inputs', got {self.regime!r}"),
             (self.hold >= 1, f"--hold must be >= 1, got {self.hold}"),
-            (self.cg_iters >= 1, f"--cg-iters must be >= 1, got {self.cg_iters}"),
+            (self.cg_maxiter >= 1, f"--cg-maxiter must be >= 1, got {self.cg_maxiter}"),
             (1e-8 <= self.damping <= 1e8, f"--damping must be in [1e-8, 1e8], got {self.damping}"),
             (self.loss in ("final", "every-step"),
              f"--loss must be 'final' or 'every-step', got {self.loss!r}"),
@@ -321,7 +321,7 @@ def build(s: ReachSettings) -> Experiment:
 
     model = (lambda params, batch: closed_loop_batch(params, s, batch)) if s.regime == "closed" else fixed_model
     hf = hessian_free(model, lambda out, batch: batch_loss(out, batch, s),
-                      maxiter=s.cg_iters, init_damping=s.damping)
+                      maxiter=s.cg_maxiter, init_damping=s.damping)
 
     def evaluate(params, target_states, target_xy, noise_key):
         tgt = target_schedule(s, target_states)
