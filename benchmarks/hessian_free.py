@@ -1,11 +1,11 @@
 """Hessian-free benchmark: Gauss-Newton product cost, and jaxctl against `hessianfree` 0.4.0.
 
-1. Gauss-Newton-vector product / gradient on the same RNN (the seed's reaching
-   controller, [8, 32, 32, 2] with a skip connection and the 2-link arm in the
+1. Gauss-Newton-vector product / gradient on the same RNN (the reaching
+   controller of DeWolf (2016), [8, 32, 32, 2] with a skip connection and the 2-link arm in the
    loop, 64 sequences of 40 steps). Correctness first: symmetry `u^T G v =
    v^T G u`, `v^T G v >= 0`, and agreement of the two product routes.
-2. The `integrator` and `plant` demos of `hessianfree` 0.4.0 (the seed's
-   numpy library), same shapes, CG budget, damping and initial weights: the
+2. The `integrator` and `plant` demos of `hessianfree` 0.4.0 (DeWolf's
+   2016 numpy library), same shapes, CG budget, damping and initial weights: the
    `hessianfree` side runs in its own venv (numpy only) through a
    subprocess; both sides run the same number of iterations and report
    seconds per iteration and the loss of the final weights. For `plant` the
@@ -158,9 +158,12 @@ def main(argv=None) -> int:
     import numpy as np
 
     from jaxctl.envs import arm
-    from jaxctl.core.cg import martens_cg, tree_vdot
+    import optax
+
+    from jaxctl.core.martens_cg import martens_cg
     from jaxctl.core.gauss_newton import gauss_newton_model, gauss_newton_vector_product, squared_error
     from jaxctl.optim.hf import hessian_free
+    from jaxctl.optim.hf_config import CGConfig, DampingConfig
     from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
     out_dir = _common.make_run_dir(args.out, "hessian_free")
@@ -206,11 +209,9 @@ def main(argv=None) -> int:
                  "cg": _common.compile_seconds(cg_fn, params, v)}
     # correctness before timing
     gu, gv = gvp_fn(params, u), gvp_fn(params, v)
-    uGv, vGu, vGv = float(tree_vdot(u, gv)), float(tree_vdot(v, gu)), float(tree_vdot(v, gv))
+    uGv, vGu, vGv = (float(optax.tree.vdot(a, b)) for a, b in ((u, gv), (v, gu), (v, gv)))
     m_gv = jax.jit(lambda p, v: gauss_newton_model(model, loss, p).matvec(v))(params, v)
-    route_err = float(jnp.sqrt(tree_vdot(jax.tree.map(jnp.subtract, m_gv, gv),
-                                         jax.tree.map(jnp.subtract, m_gv, gv))) /
-                      jnp.sqrt(tree_vdot(gv, gv)))
+    route_err = float(optax.tree.norm(optax.tree.sub(m_gv, gv)) / optax.tree.norm(gv))
     assert abs(uGv - vGu) <= 1e-3 * max(abs(uGv), 1e-12), (uGv, vGu)
     assert vGv >= 0 and route_err < 1e-4, (vGv, route_err)
     assert int(cg_fn(params, v)) == n_cg
@@ -284,8 +285,8 @@ def main(argv=None) -> int:
         params0 = {"w": {"0->1": w01, "1->2": w12}, "b": {"1": b1, "2": b2},
                    "rec": {"1": w11}, "h0": {"1": h0}}
         # hessianfree: LM factor 0.66 down, 1.5 up; Armijo c = 0.01, shrink 0.8, 60 tries
-        opt = hessian_free(jmodel, jloss, maxiter=cfg["cg"], init_damping=cfg["damping"],
-                           damping_decrease=0.66)
+        opt = hessian_free(jmodel, jloss, cg=CGConfig(maxiter=cfg["cg"]),
+                           damping=DampingConfig(initial=cfg["damping"], decrease=0.66))
         step = jax.jit(opt.step)
         state = opt.init(params0)
         loss0 = float(jax.jit(jloss)(jmodel(params0, batch), batch))

@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 from jaxctl import control, core, envs, models, optim, util  # noqa: F401  (the layers)
 
-from jaxctl.core.cg import CGResult, MartensCGResult, cg, martens_cg
+from jaxctl.core.cg import CGResult, cg
+from jaxctl.core.martens_cg import MartensCGResult, martens_cg
 from jaxctl.core.fisher import (
     clipped_inverse,
     fisher_matrix,
@@ -36,6 +37,7 @@ from jaxctl.core.gauss_newton import (
     squared_error,
 )
 from jaxctl.optim.hf import HessianFree, HFState, HFStats, hessian_free
+from jaxctl.optim.hf_config import CGConfig, DampingConfig, LineSearchConfig
 from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting
 from jaxctl.control.simulate import shift_actions
@@ -67,14 +69,17 @@ from jaxctl.util.checkpoint import (
 )
 
 __all__ = [
+    "CGConfig",
     "CGResult",
     "CheckpointError",
+    "DampingConfig",
     "DynamicsModel",
     "EpisodeStats",
     "GaussNewtonModel",
     "HFState",
     "HFStats",
     "HessianFree",
+    "LineSearchConfig",
     "MartensCGResult",
     "NPGState",
     "NormStats",

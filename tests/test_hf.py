@@ -7,15 +7,18 @@ backtracking and the Armijo search; task-defined accuracies (XOR, an
 integrator, a plant, the addition problem of Martens & Sutskever 2011).
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxctl.core.cg import martens_cg, martens_schedule
+from jaxctl.core.martens_cg import martens_cg, martens_schedule
 from jaxctl.core.gauss_newton import squared_error
-from jaxctl.optim.hf import HFState, backtrack_line_search, damping_update, hessian_free
+from jaxctl.optim.hf import hessian_free
+from jaxctl.optim.hf_config import CGConfig, DampingConfig, LineSearchConfig
+from jaxctl.optim.hf_search import backtrack_line_search, damping_update
 from jaxctl.models.mlp import mlp_apply, mlp_init
 from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 
@@ -153,11 +156,11 @@ def test_armijo_shrinks_by_the_factor_and_gives_up_cleanly():
     assert float(r.new_value) == pytest.approx((4 * a_expected - 1) ** 2, rel=1e-5)
     # a direction the loss never decreases along: rate 0, value unchanged, bounded work
     r = backtrack_line_search(lambda d: 1.0 + d[0] ** 2, its, jnp.int32(1), jnp.float32(1.0),
-                              jnp.array([-1.0]), max_steps=7)
+                              jnp.array([-1.0]), LineSearchConfig(max_steps=7))
     assert float(r.rate) == 0.0 and float(r.new_value) == 1.0 and int(r.evaluations) == 8
     # not a descent direction (g^T d = 0): nothing to search for
     r = backtrack_line_search(lambda d: 1.0 + d[0] ** 2, its, jnp.int32(1), jnp.float32(1.0),
-                              jnp.array([0.0]), max_steps=7)
+                              jnp.array([0.0]), LineSearchConfig(max_steps=7))
     assert float(r.rate) == 0.0 and int(r.evaluations) == 1
     # a slope below the loss's float32 resolution: no shrinking, one evaluation
     r = backtrack_line_search(lambda d: 1.0 + d[0], jnp.array([[1e-6]]), jnp.int32(1),
@@ -203,8 +206,8 @@ def test_step_solves_the_damped_structural_system_on_the_curvature_batch():
         params, batch, model, loss, hidden = _tiny_problem()
         curv = (batch[0][:4], batch[1][:4])
         lam, mu = 0.3, 0.5
-        opt = hessian_free(model, loss, maxiter=200, cg_tol=0.0, init_damping=lam,
-                           structural_damping=mu)
+        opt = hessian_free(model, loss, cg=CGConfig(maxiter=200, tol=0.0),
+                           damping=DampingConfig(initial=lam, structural=mu))
         state = opt.init(params)
         new_params, new_state, stats = jax.jit(opt.step)(params, state, batch, curv)
 
@@ -216,7 +219,7 @@ def test_step_solves_the_damped_structural_system_on_the_curvature_batch():
         Jh = jax.jacfwd(lambda q: hidden(unravel(q), curv[0]).reshape(-1))(flat)
         A = J.T @ H @ J + lam * jnp.eye(flat.size) + lam * mu * Jh.T @ Jh / 4
         d = jnp.linalg.solve(A, -g)
-        np.testing.assert_allclose(ravel_pytree(new_state.delta)[0], d, rtol=2e-5, atol=1e-9)
+        np.testing.assert_allclose(ravel_pytree(new_state.warm_start)[0], d, rtol=2e-5, atol=1e-9)
         # the structural term matters: without it the solution is far off
         d0 = jnp.linalg.solve(A - lam * mu * Jh.T @ Jh / 4, -g)
         assert float(jnp.abs(d0 - d).max()) > 1e-2 * float(jnp.abs(d).max())
@@ -232,10 +235,10 @@ def test_martens_preconditioner_leaves_the_solution_unchanged():
         out = lambda p, b: model(p, b)[0]
         deltas = []
         for pre in (None, "martens"):
-            opt = hessian_free(out, loss, maxiter=200, cg_tol=0.0, init_damping=0.1,
-                               preconditioner=pre)
+            opt = hessian_free(out, loss, cg=CGConfig(maxiter=200, tol=0.0, preconditioner=pre),
+                               damping=DampingConfig(initial=0.1))
             _, st, _ = jax.jit(opt.step)(params, opt.init(params), batch)
-            deltas.append(ravel_pytree(st.delta)[0])
+            deltas.append(ravel_pytree(st.warm_start)[0])
         np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-6, atol=1e-9)
 
 
@@ -247,7 +250,7 @@ def test_rho_and_damping_on_a_quadratic():
         model = lambda w, b: b @ w
         loss = lambda z, b: squared_error(z, y)
         lam = 2.0
-        opt = hessian_free(model, loss, maxiter=3, init_damping=lam)
+        opt = hessian_free(model, loss, cg=CGConfig(maxiter=3), damping=DampingConfig(initial=lam))
         w0 = jnp.zeros(5, jnp.float64)
         w1, st, stats = jax.jit(opt.step)(w0, opt.init(w0), A)
         d = w1 - w0
@@ -263,7 +266,6 @@ def test_rho_and_damping_on_a_quadratic():
 
 XOR_X = jnp.array([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float32)
 XOR_Y = jnp.array([[0], [1], [1], [0]], jnp.float32)
-_TRACES = {"xor": 0}
 
 
 def xor_model(p, b):
@@ -274,12 +276,12 @@ def xor_loss(out, b):
     return jnp.mean(jax.vmap(squared_error)(out, b[1]))
 
 
-XOR_OPT = hessian_free(xor_model, xor_loss, maxiter=20)
+XOR_OPT = hessian_free(xor_model, xor_loss, cg=CGConfig(maxiter=20))
 
 
 @jax.jit
+@chex.assert_max_traces(n=1)  # raises on a second trace: the step never recompiles
 def xor_step(params, state, batch):
-    _TRACES["xor"] += 1
     return XOR_OPT.step(params, state, batch)
 
 
@@ -288,7 +290,6 @@ def test_xor_is_solved_and_the_step_compiles_once():
     state = XOR_OPT.init(params)
     for _ in range(40):
         params, state, stats = xor_step(params, state, (XOR_X, XOR_Y))
-    assert _TRACES["xor"] == 1
     out = xor_model(params, (XOR_X, XOR_Y))
     assert float(xor_loss(out, (XOR_X, XOR_Y))) < 1e-3
     np.testing.assert_array_equal(np.round(out), XOR_Y)
@@ -305,18 +306,61 @@ def test_non_finite_loss_rejects_the_step_and_raises_damping():
     for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
     assert float(new_state.damping) == pytest.approx(1.5 * float(state.damping))
-    assert all(bool(jnp.all(leaf == 0)) for leaf in jax.tree.leaves(new_state.delta))
+    assert all(bool(jnp.all(leaf == 0)) for leaf in jax.tree.leaves(new_state.warm_start))
     # the next good batch trains normally
     p2, _, stats = xor_step(new_params, new_state, (XOR_X, XOR_Y))
     assert bool(stats.accepted) and float(stats.new_loss) < float(stats.loss)
-    assert _TRACES["xor"] == 1
+
+
+def test_cg_breakdown_at_step_zero_is_rejected_and_recovers():
+    """A concave loss: G + lambda I = (lambda - 4) I is negative definite until
+    lambda > 4, so CG breaks down before its first step. Such a step is rejected
+    (no 'accepted, lr 1' with a zero step), the damping rises until the damped
+    curvature is positive definite, and then steps are accepted."""
+    model = lambda w, b: w
+    loss = lambda z, b: -2.0 * jnp.sum(z**2)
+    opt = hessian_free(model, loss, cg=CGConfig(maxiter=5))
+    w, state = jnp.ones(3), opt.init(jnp.ones(3))
+    step = jax.jit(opt.step)
+    new_w, new_state, stats = step(w, state, None)
+    assert bool(stats.cg_breakdown) and int(stats.cg_steps) == 0
+    assert not bool(stats.accepted) and float(stats.learning_rate) == 0.0
+    np.testing.assert_array_equal(new_w, w)
+    assert float(stats.new_loss) == float(stats.loss)
+    assert float(new_state.damping) == pytest.approx(1.5)
+    accepted = []
+    for _ in range(4):
+        new_w, new_state, stats = step(new_w, new_state, None)
+        accepted.append(bool(stats.accepted))
+    # lambda = 1.5^4 > 4 at the fifth step: CG works again and the loss drops
+    assert accepted == [False, False, False, True], accepted
+    assert int(stats.cg_steps) > 0 and not bool(stats.cg_breakdown)
+    assert float(loss(new_w, None)) < float(loss(w, None))
+
+
+def test_loss_scaled_by_1e15_trains_like_the_unscaled_loss():
+    """`p^T (G + lambda I) p` overflows float32 for a loss of scale 1e15, at any
+    damping; CG runs on a power-of-two rescaled system instead, so with the
+    damping scaled alike the steps are those of the unscaled loss."""
+    losses = []
+    for scale in (1.0, 1e15):
+        opt = hessian_free(xor_model, lambda out, b: scale * xor_loss(out, b),
+                           cg=CGConfig(maxiter=20),
+                           damping=DampingConfig(initial=scale, bounds=(1e-8, 1e24)))
+        params = mlp_init(jax.random.PRNGKey(0), (2, 5, 1))
+        state, step = opt.init(params), jax.jit(opt.step)
+        for _ in range(10):
+            params, state, stats = step(params, state, (XOR_X, XOR_Y))
+            assert int(stats.cg_steps) > 0 and bool(stats.accepted)
+        losses.append(float(xor_loss(xor_model(params, (XOR_X, XOR_Y)), (XOR_X, XOR_Y))))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-3)
 
 
 def test_non_finite_loss_at_candidates_is_searched_around():
     """The loss is NaN beyond |w| > 0.5: backtracking and the line search stay inside."""
     model = lambda w, b: w
     loss = lambda z, b: jnp.where(jnp.max(jnp.abs(z)) > 0.5, jnp.nan, squared_error(z, b))
-    opt = hessian_free(model, loss, maxiter=10, init_damping=1e-3)
+    opt = hessian_free(model, loss, cg=CGConfig(maxiter=10), damping=DampingConfig(initial=1e-3))
     w, state = jnp.zeros(3), opt.init(jnp.zeros(3))
     step = jax.jit(opt.step)
     for _ in range(5):
@@ -325,13 +369,52 @@ def test_non_finite_loss_at_candidates_is_searched_around():
     assert float(stats.new_loss) < 0.5 * squared_error(jnp.zeros(3), jnp.ones(3))
 
 
-def test_configuration_is_validated():
-    for kwargs in (dict(maxiter=0), dict(init_damping=1e9), dict(damping_decrease=1.5),
-                   dict(structural_damping=-1.0), dict(preconditioner="jacobi"),
-                   dict(damping_bounds=(1.0, 0.1))):
-        with pytest.raises(ValueError):
-            hessian_free(xor_model, xor_loss, **kwargs)
-    opt = hessian_free(lambda p, b: p, lambda z, b: jnp.sum(z**2), structural_damping=1.0)
+BAD_SETTINGS = [
+    (dict(cg=CGConfig(maxiter=0)), "CGConfig.maxiter"),
+    (dict(cg=CGConfig(maxiter=2.0)), "CGConfig.maxiter"),
+    (dict(cg=CGConfig(tol=-1e-6)), "CGConfig.tol"),
+    (dict(cg=CGConfig(min_gap=0)), "CGConfig.min_gap"),
+    (dict(cg=CGConfig(store_first=0)), "CGConfig.store_first"),
+    (dict(cg=CGConfig(store_ratio=1.0)), "CGConfig.store_ratio"),
+    (dict(cg=CGConfig(store_ratio=0.5)), "CGConfig.store_ratio"),
+    (dict(cg=CGConfig(warm_start_factor=1.5)), "CGConfig.warm_start_factor"),
+    (dict(cg=CGConfig(preconditioner="jacobi")), "CGConfig.preconditioner"),
+    (dict(cg=CGConfig(preconditioner_exponent=0.0)), "CGConfig.preconditioner_exponent"),
+    (dict(cg=CGConfig(preconditioner_exponent=np.float32(-1))), "CGConfig.preconditioner_exponent"),
+    (dict(damping=DampingConfig(initial=1e9)), "DampingConfig.initial"),
+    (dict(damping=DampingConfig(decrease=1.5)), "DampingConfig.decrease"),
+    (dict(damping=DampingConfig(increase=jnp.float32(0.5))), "DampingConfig.increase"),
+    (dict(damping=DampingConfig(reject_increase=1.0)), "DampingConfig.reject_increase"),
+    (dict(damping=DampingConfig(structural=-1.0)), "DampingConfig.structural"),
+    (dict(damping=DampingConfig(structural=float("nan"))), "DampingConfig.structural"),
+    (dict(damping=DampingConfig(bounds=(1.0, 0.1))), "DampingConfig.bounds"),
+    (dict(damping=DampingConfig(low=0.9, high=0.5)), "DampingConfig.high"),
+    (dict(line_search=LineSearchConfig(c=1.0)), "LineSearchConfig.c"),
+    (dict(line_search=LineSearchConfig(shrink=0.0)), "LineSearchConfig.shrink"),
+    (dict(line_search=LineSearchConfig(max_steps=-1)), "LineSearchConfig.max_steps"),
+    (dict(cg=dict(maxiter=10)), "CGConfig"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field", BAD_SETTINGS, ids=[f for _, f in BAD_SETTINGS])
+def test_configuration_is_validated_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        hessian_free(xor_model, xor_loss, **kwargs)
+
+
+def test_numpy_and_jax_scalar_settings_are_accepted():
+    opt = hessian_free(xor_model, xor_loss,
+                       cg=CGConfig(maxiter=np.int32(5), tol=np.float32(1e-5)),
+                       damping=DampingConfig(initial=jnp.float32(0.5), structural=np.float64(0)),
+                       line_search=LineSearchConfig(c=jnp.float32(0.01), max_steps=np.int64(3)))
+    params = mlp_init(jax.random.PRNGKey(0), (2, 3, 1))
+    _, state, stats = opt.step(params, opt.init(params), (XOR_X, XOR_Y))
+    assert int(stats.cg_steps) <= 5 and float(stats.damping) == 0.5
+
+
+def test_model_must_return_hidden_with_structural_damping():
+    opt = hessian_free(lambda p, b: p, lambda z, b: jnp.sum(z**2),
+                       damping=DampingConfig(structural=1.0))
     with pytest.raises(ValueError, match=r"\(outputs, hidden\)"):
         opt.step(jnp.ones(2), opt.init(jnp.ones(2)), None)
 
@@ -348,7 +431,7 @@ def test_recurrent_integrator():
     params = rnn_init(jax.random.PRNGKey(0), spec)
     model = lambda p, b: jax.vmap(lambda xi: rnn_apply(spec, p, xi).outputs)(b[0])
     loss = lambda out, b: jnp.mean(jax.vmap(squared_error)(out, b[1]))
-    opt = hessian_free(model, loss, maxiter=100, init_damping=1.0)
+    opt = hessian_free(model, loss, cg=CGConfig(maxiter=100))
     state, step = opt.init(params), jax.jit(opt.step)
     for _ in range(30):
         params, state, stats = step(params, state, (x, y))
@@ -383,7 +466,8 @@ def train_addition(T, hidden, n, iters, maxiter):
         return out.outputs[:, -1, 0], out.hidden
 
     loss = lambda y, b: 0.5 * jnp.mean((y - b[1]) ** 2)
-    opt = hessian_free(model, loss, maxiter=maxiter, init_damping=1.0, structural_damping=1 / 30)
+    opt = hessian_free(model, loss, cg=CGConfig(maxiter=maxiter),
+                       damping=DampingConfig(structural=1 / 30))
     state, step = opt.init(params), jax.jit(opt.step)
     for i in range(iters):  # a fresh mini-batch every step
         params, state, _ = step(params, state, addition_problem(jax.random.PRNGKey(i), n, T))

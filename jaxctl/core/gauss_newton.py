@@ -39,15 +39,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
-
-
-def _check_like(name: str, tree: PyTree, reference: PyTree, ref_name: str) -> None:
-    shapes = jax.tree.map(jnp.shape, tree)
-    ref_shapes = jax.tree.map(jnp.shape, reference)
-    if jax.tree.structure(tree) != jax.tree.structure(reference) or shapes != ref_shapes:
-        raise ValueError(f"{name} must have the structure and shapes of {ref_name} "
-                         f"{ref_shapes}, got {shapes}")
+from jaxctl.util.checks import PyTree, check_same_structure
 
 
 def _check_scalar_loss(value: Any) -> None:
@@ -111,7 +103,7 @@ def gauss_newton_model(fn: Callable[[PyTree], PyTree], loss: Callable[[PyTree], 
     (grad,) = f_vjp(dloss)
 
     def matvec(v: PyTree) -> PyTree:
-        _check_like("v", v, params, "params")
+        check_same_structure("v", v, params, "params")
         (gv,) = f_vjp(loss_hvp(f_jvp(v)))
         return gv
 
@@ -151,7 +143,7 @@ def gauss_newton_vector_product(fn: Callable[[PyTree], PyTree],
       Schraudolph (2002), "Fast curvature matrix-vector products for
       second-order gradient descent"; Martens (2010), section 4.2.
     """
-    _check_like("v", v, params, "params")
+    check_same_structure("v", v, params, "params")
     # One nonlinear forward pass: linearize, then transpose the tangent map.
     outputs, f_jvp = jax.linearize(fn, params)
     _check_scalar_loss(jax.eval_shape(loss, outputs))
@@ -167,7 +159,7 @@ def squared_error(predictions: jax.Array, targets: jax.Array,
     Entries whose target is NaN, or whose `mask` is 0, contribute no loss, no
     gradient and no curvature: the loss Hessian is `diag(m)`, so in
     `J^T H_L J` unconstrained time steps drop out exactly (the `hessianfree`
-    library counts them). The seed sets every target but the last to NaN
+    library counts them). DeWolf (2016) sets every target but the last to NaN
     for a final-state cost.
 
     Args:
