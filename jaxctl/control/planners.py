@@ -185,7 +185,8 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         dynamics, reward, state, num_samples, horizon, action_low, action_high,
         init_actions, chunk_size)
     num_iterations = checks.check_positive_int("num_iterations", num_iterations)
-    E = max(1, K // 10) if num_elites is None else checks.check_positive_int("num_elites", num_elites)
+    E = (max(1, K // 10) if num_elites is None
+         else checks.check_positive_int("num_elites", num_elites))
     if E > K:
         raise ValueError(f"num_elites must be <= num_samples = {K}, got {E}")
     checks.check_scalar("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
