@@ -352,9 +352,10 @@ def random_policy_return(settings: NPGSettings, keys: jax.Array, episodes: int =
     space = env.action_space(env_params)
 
     def act(_, key, obs):
-        # The space's own dtype: under jax_enable_x64 a sample would be float64
-        # and the environment's state would change dtype at the first step.
-        return space.sample(key).astype(getattr(space, "dtype", None) or obs.dtype)
+        # In the observations' dtype: under jax_enable_x64 gymnax's state is
+        # float64 while the space samples float32, and the state would change
+        # dtype at the first step.
+        return space.sample(key).astype(obs.dtype)
 
     def one(key):
         traj, _ = rollout(env, env_params, act, None, key, settings.max_episode_steps * episodes)
