@@ -59,6 +59,7 @@ import jaxctl.envs.arm as _arm
 import jaxctl.envs.reach_task as rt
 from jaxctl.models.rnn import rnn_apply, rnn_init, rnn_spec
 from jaxctl.optim.hf import hessian_free
+from jaxctl.optim.hf_config import CGConfig, DampingConfig
 from jaxctl.util.checks import PyTree
 
 DEFAULT_ALPHA = 1e-6
@@ -321,7 +322,7 @@ def build(s: ReachSettings) -> Experiment:
 
     model = (lambda params, batch: closed_loop_batch(params, s, batch)) if s.regime == "closed" else fixed_model
     hf = hessian_free(model, lambda out, batch: batch_loss(out, batch, s),
-                      maxiter=s.cg_maxiter, init_damping=s.damping)
+                      cg=CGConfig(maxiter=s.cg_maxiter), damping=DampingConfig(initial=s.damping))
 
     def evaluate(params, target_states, target_xy, noise_key):
         tgt = target_schedule(s, target_states)
