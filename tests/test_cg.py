@@ -208,3 +208,15 @@ def test_vmapped_over_a_batch_sharded_on_an_explicit_mesh(name):
         out = jax.jit(jax.vmap(solve))(b)
     expected = np.linalg.solve(np.array([[4.0, 1.0], [1.0, 3.0]]), np.array([1.0, 2.0]))
     chex.assert_trees_all_close(np.asarray(out)[0], expected, rtol=1e-5)
+
+
+def test_a_promoting_operator_sets_the_dtype_of_the_solve():
+    """A float64 matrix applied to float32 `b` (under x64) gives a float64 solve
+    instead of a loop whose carry changes type."""
+    with jax.enable_x64(True):
+        A, x_true, b = spd_system(7, 6, 10.0)
+        res = cg(lambda v: jnp.asarray(A) @ v, jnp.asarray(b, jnp.float32), maxiter=50, tol=1e-10)
+        assert res.x.dtype == jnp.float64
+        np.testing.assert_allclose(res.x, np.linalg.solve(A, np.float32(b)), rtol=1e-8)
+        res = martens_cg(lambda v: jnp.asarray(A) @ v, jnp.asarray(b, jnp.float32), maxiter=50)
+        assert res.x.dtype == jnp.float64

@@ -85,7 +85,7 @@ def test_masked_targets_contribute_no_curvature():
     with jax.enable_x64(True):
         params, fn = mlp_case(3, (2, 4, 3), 5)
         y = np.array(jax.random.normal(jax.random.PRNGKey(5), (5, 3), jnp.float64))
-        y[:3] = np.nan          # rows 0-2 unconstrained (the seed's final-state targets)
+        y[:3] = np.nan          # rows 0-2 unconstrained (final-state targets, DeWolf 2016)
         mask = np.ones((5, 3))
         mask[4, 1] = 0.0        # one more entry dropped by the mask
         loss = lambda z: squared_error(z, jnp.asarray(y), jnp.asarray(mask))

@@ -455,38 +455,70 @@ def addition_problem(key, n, T):
     return jnp.stack([vals, marks], -1), jnp.sum(vals * marks, 1)
 
 
-def train_addition(T, hidden, n, iters, maxiter):
+def train_addition(T, hidden, n, budget, maxiter, seed=0, early_stop=False):
+    """HF on the addition problem, a fresh mini-batch every step; returns the test
+    `(MSE, fraction solved, steps)`. With `early_stop`, training stops once a
+    validation set (other sequences than the test set) is solved with margin,
+    checked every 10 steps; escaping the plateau takes a seed-dependent time."""
+    key = jax.random.PRNGKey(seed)
     spec = rnn_spec([2, hidden, 1], "tanh")
     # Martens & Sutskever's recipe: spectral radius 1.2, structural damping 1/30.
     # (With radius 1.0 and mu = 1e-4 the same runs sit on the plateau for 1000+ steps.)
-    params = rnn_init(jax.random.PRNGKey(0), spec, recurrent_scale=1.2)
+    params = rnn_init(jax.random.fold_in(key, 0), spec, recurrent_scale=1.2)
 
     def model(p, b):
         out = jax.vmap(lambda x: rnn_apply(spec, p, x, return_hidden=True))(b[0])
         return out.outputs[:, -1, 0], out.hidden
 
+    def score(p, data):
+        err = jnp.abs(model(p, data)[0] - data[1])
+        return jnp.mean(err**2), jnp.mean(err < 0.04)
+
     loss = lambda y, b: 0.5 * jnp.mean((y - b[1]) ** 2)
     opt = hessian_free(model, loss, cg=CGConfig(maxiter=maxiter),
                        damping=DampingConfig(structural=1 / 30))
-    state, step = opt.init(params), jax.jit(opt.step)
-    for i in range(iters):  # a fresh mini-batch every step
-        params, state, _ = step(params, state, addition_problem(jax.random.PRNGKey(i), n, T))
-    x, y = addition_problem(jax.random.PRNGKey(10_000), 2000, T)
-    err = jnp.abs(jax.jit(model)(params, (x, y))[0] - y)
-    return float(jnp.mean(err**2)), float(jnp.mean(err < 0.04))
+    state, step, score = opt.init(params), jax.jit(opt.step), jax.jit(score)
+    validation = addition_problem(jax.random.PRNGKey(10_001), 1000, T)
+    steps = 0
+    while steps < budget:
+        batch = addition_problem(jax.random.fold_in(jax.random.fold_in(key, 1), steps), n, T)
+        params, state, _ = step(params, state, batch)
+        steps += 1
+        if early_stop and steps % 10 == 0:
+            mse, correct = score(params, validation)
+            if mse < 2e-4 and correct > 0.98:
+                break
+    mse, correct = score(params, addition_problem(jax.random.PRNGKey(10_000), 2000, T))
+    return float(mse), float(correct), steps
 
 
 def test_addition_problem_t50_small():
-    """T = 50, 16 units, 250 fresh sequences per step, CG 60: leaves the plateau near
-    step 90, solved by 120; 150 steps take ~20 s."""
-    mse, correct = train_addition(T=50, hidden=16, n=250, iters=150, maxiter=60)
+    """T = 50, 16 units, 250 fresh sequences per step, CG 60, at most 300 steps.
+    Seeds 0-7 (jax 0.10.2, CPU): all solved, after 40-170 steps (seed 0: 40, ~10 s)."""
+    mse, correct, steps = train_addition(T=50, hidden=16, n=250, budget=300, maxiter=60,
+                                         early_stop=True)
     # A sequence is solved when |error| < 0.04 (Hochreiter & Schmidhuber 1997); chance
     # (predicting the mean) has MSE 1/6 and ~7% of sequences within 0.04.
-    assert mse < 1e-3 and correct > 0.95, (mse, correct)
+    assert mse < 1e-3 and correct > 0.95, (mse, correct, steps)
 
 
 @pytest.mark.slow
 def test_addition_problem_t50_full():
     """32 units, 1000 sequences per step, CG 100: test MSE ~1e-7 after 150 steps."""
-    mse, correct = train_addition(T=50, hidden=32, n=1000, iters=150, maxiter=100)
+    mse, correct, _ = train_addition(T=50, hidden=32, n=1000, budget=150, maxiter=100)
     assert mse < 1e-5 and correct == 1.0, (mse, correct)
+
+
+def test_parameters_keep_their_dtype_when_the_loss_is_float64():
+    """Under x64, float32 parameters with float64 data give a float64 loss: the
+    step length must not promote the parameters (a dtype change would break the
+    next linearisation and recompile the step)."""
+    with jax.enable_x64(True):
+        opt = hessian_free(lambda w, b: b @ w, lambda z, b: 0.5 * jnp.sum((z - 1.0) ** 2),
+                           cg=CGConfig(maxiter=5))
+        w = jnp.zeros(3, jnp.float32)
+        data = jnp.asarray(np.eye(3), jnp.float64)
+        state, step = opt.init(w), jax.jit(opt.step)
+        for _ in range(2):
+            w, state, stats = step(w, state, data)
+        assert w.dtype == jnp.float32 and bool(stats.accepted)

@@ -99,6 +99,10 @@ def _start(matvec, b, x0, preconditioner) -> _Start:
     scale = _power_of_two_scale(b)
     Ax0 = matvec(x0)
     checks.check_same_structure("matvec(x)", Ax0, b, "b")
+    # An operator that promotes (a float64 matrix on float32 b under x64) sets
+    # the dtype of the whole solve, so the loop carries keep one type.
+    b, x0, Ax0 = (jax.tree.map(lambda t, a: t.astype(jnp.promote_types(t.dtype, a.dtype)),
+                               tree, Ax0) for tree in (b, x0, Ax0))
     b, x0, Ax0 = _rescale(1 / scale, (b, x0, Ax0))
     r0 = optax.tree.sub(b, Ax0)
     z0 = precond(r0)

@@ -291,8 +291,9 @@ def hessian_free(
         # A breakdown before CG's first step leaves nothing but the warm start.
         usable = curv.finite & ~(sol.breakdown & (sol.num_steps == 0))
         accepted = usable & jnp.isfinite(predicted) & (search.rate > 0)
-        new_params = checks.tree_where(
-            accepted, optax.tree.add_scale(params, search.rate, direction), params)
+        # The step length has the loss's dtype; the parameters keep their own.
+        moved = jax.tree.map(lambda p, d: p + search.rate.astype(d.dtype) * d, params, direction)
+        new_params = checks.tree_where(accepted, moved, params)
         keep_warm = usable & checks.tree_all_finite(sol.x)
         new_state = HFState(
             count=state.count + 1, damping=_next_damping(damping, state.damping, rho, usable),
