@@ -220,3 +220,20 @@ def test_a_promoting_operator_sets_the_dtype_of_the_solve():
         np.testing.assert_allclose(res.x, np.linalg.solve(A, np.float32(b)), rtol=1e-8)
         res = martens_cg(lambda v: jnp.asarray(A) @ v, jnp.asarray(b, jnp.float32), maxiter=50)
         assert res.x.dtype == jnp.float64
+
+
+def test_singular_system_past_its_range_keeps_the_best_iterate():
+    """Float32 CG on a consistent singular PSD system, asked for more steps and a tighter
+    tolerance than float32 allows: once the range of A is exhausted, rounding noise in the
+    null space grows without bound (at jax 0.8 the last iterate reached norm 1e9). The solve
+    must stop, report it, and return the minimum-norm solution (numpy's pinv, float64)."""
+    T, P = 30, 50
+    rng = np.random.default_rng(T)
+    G = jnp.asarray(rng.standard_normal((T, P)), jnp.float32)
+    b = G.T @ jnp.asarray(rng.standard_normal(T), jnp.float32) / T
+    res = cg(lambda v: G.T @ (G @ v) / T, b, maxiter=300, tol=1e-7)
+    G64 = np.asarray(G, np.float64)
+    expected = np.linalg.pinv(G64.T @ G64 / T) @ np.asarray(b, np.float64)
+    eps = float(jnp.finfo(jnp.float32).eps)
+    assert bool(res.breakdown) and int(res.num_steps) < 300
+    np.testing.assert_allclose(res.x, expected, atol=1e4 * eps * np.abs(expected).max())

@@ -32,10 +32,12 @@ class CGResult(NamedTuple):
         exactly every `refresh_every` steps when that is set).
       converged: bool, `residual_norm` is finite and `<= max(tol * ||b||, atol)`.
       breakdown: bool, the solve stopped because `p^T A p <= 0` or became
-        non-finite (the operator is not positive definite along `p`), or the
+        non-finite (the operator is not positive definite along `p`), the
         starting residual `b - A x0` is not finite (an inf or NaN in `b`,
-        `x0` or the operator); `x` is the last iterate before that, never NaN
-        unless `x0` is.
+        `x0` or the operator), or rounding made the iteration diverge (the
+        residual grew `DIVERGENCE` times past the smallest one seen, as on a
+        singular system once its range is exhausted in float32); `x` is then
+        the iterate of the smallest residual, never NaN unless `x0` is.
     """
 
     x: PyTree
@@ -137,11 +139,21 @@ def _norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(optax.tree.vdot(tree, tree))
 
 
+# Residual growth past the smallest residual seen that counts as divergence.
+# CG residuals are not monotone (CG minimises the A-norm of the error), but on
+# well-posed problems they do not grow by four decades; on a singular PSD
+# system in float32 they do, once the range of A is exhausted and rounding
+# noise in its null space is amplified without bound.
+DIVERGENCE = 1e4
+
+
 class _CGCarry(NamedTuple):
     vectors: _Vectors
     r_norm: jax.Array
     step: jax.Array
     breakdown: jax.Array
+    best_x: PyTree
+    best_norm: jax.Array
 
 
 def cg(
@@ -207,7 +219,7 @@ def cg(
     # The step counter and flag come from the inputs, so under shard_map they
     # carry the inputs' varying axes (and under x64 their dtype follows).
     init = _CGCarry(v0, r_norm0, jnp.zeros_like(r_norm0, jnp.int32),
-                    ~(jnp.isfinite(r_norm0) & jnp.isfinite(v0.rz)))
+                    ~(jnp.isfinite(r_norm0) & jnp.isfinite(v0.rz)), v0.x, r_norm0)
 
     def cond_fn(c: _CGCarry):
         return (c.step < maxiter) & (c.r_norm > threshold) & ~c.breakdown
@@ -219,12 +231,20 @@ def cg(
                 return lax.cond((c.step + 1) % refresh_every == 0,
                                 lambda: optax.tree.sub(b, matvec(x_new)), lambda: r_new)
         vectors, broke = _cg_iteration(matvec, precond, c.vectors, fix)
-        return _CGCarry(checks.tree_where(broke, c.vectors, vectors),
-                        jnp.where(broke, c.r_norm, _norm(vectors.r)),
-                        c.step + (~broke).astype(jnp.int32), broke)
+        r_norm = jnp.where(broke, c.r_norm, _norm(vectors.r))
+        better = ~broke & (r_norm < c.best_norm)
+        diverged = ~broke & ~(r_norm <= DIVERGENCE * c.best_norm)
+        return _CGCarry(checks.tree_where(broke, c.vectors, vectors), r_norm,
+                        c.step + (~broke).astype(jnp.int32), broke | diverged,
+                        checks.tree_where(better, vectors.x, c.best_x),
+                        jnp.where(better, r_norm, c.best_norm))
 
     out = lax.while_loop(cond_fn, body_fn, init)
-    return CGResult(x=_rescale(scale, out.vectors.x), num_steps=out.step,
-                    residual_norm=_rescale(scale, out.r_norm),
-                    converged=jnp.isfinite(out.r_norm) & (out.r_norm <= threshold),
+    # The last iterate, unless the residual diverged: then the best one seen.
+    diverged = out.breakdown & (out.r_norm > DIVERGENCE * out.best_norm)
+    x = checks.tree_where(diverged, out.best_x, out.vectors.x)
+    r_norm = jnp.where(diverged, out.best_norm, out.r_norm)
+    return CGResult(x=_rescale(scale, x), num_steps=out.step,
+                    residual_norm=_rescale(scale, r_norm),
+                    converged=jnp.isfinite(r_norm) & (r_norm <= threshold),
                     breakdown=out.breakdown)
