@@ -196,6 +196,12 @@ def test_inside_shard_map_with_checked_varying_axes(name):
     chex.assert_trees_all_close(out[0], expected, rtol=1e-5)
 
 
+# jax 0.8's sharding-in-types rejects a `select` whose predicate is sharded
+# along the vmapped batch while its cases are not (ShardingTypeError inside
+# the while loop); jax 0.10 propagates the batch sharding. Explicit meshes are
+# supported from jax 0.10 on.
+@pytest.mark.skipif(tuple(int(v) for v in jax.__version__.split(".")[:2]) < (0, 10),
+                    reason="explicit-axes meshes under vmap need jax >= 0.10")
 @pytest.mark.parametrize("name", ["cg", "martens_cg"])
 def test_vmapped_over_a_batch_sharded_on_an_explicit_mesh(name):
     """Carries follow the inputs' sharding type too (explicit mesh axes). Not with
