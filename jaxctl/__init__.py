@@ -9,6 +9,7 @@ The folders are the layers; imports point down only (a test checks it):
   Hessian-free; `jaxctl.control`: rollouts, GAE, MPC planners;
 - `jaxctl.models`: MLPs, policies, the layered RNN, dynamics models;
   `jaxctl.envs`: the arm plants, the reach task, task rewards;
+  `jaxctl.spiking`: neurons, synapses, rate networks run as spiking ones;
 - `jaxctl.apps`: the `jaxctl` command (nothing imports it).
 
 Every public name is importable from `jaxctl` itself. Names that exist in
@@ -18,7 +19,7 @@ several modules (`rollout`) stay qualified: `jaxctl.control.rl.rollout`,
 
 __version__ = "0.1.0"
 
-from jaxctl import control, core, envs, models, optim, util  # noqa: F401  (the layers)
+from jaxctl import control, core, envs, models, optim, spiking, util  # noqa: F401  (the layers)
 
 from jaxctl.core.cg import CGResult, cg
 from jaxctl.core.martens_cg import MartensCGResult, martens_cg
@@ -61,6 +62,20 @@ from jaxctl.models.policies import (
 from jaxctl.models.rnn import RNNOutputs, RNNSpec, rnn_apply, rnn_init, rnn_spec
 from jaxctl.optim.npg import NPGState, normalized_step, npg
 from jaxctl.control.rl import EpisodeStats, Trajectory, gae, score_gradient
+from jaxctl.spiking import (
+    LIF,
+    LIFRate,
+    RectifiedLinear,
+    SimResult,
+    SoftLIFRate,
+    SpikingNetwork,
+    SpikingRectifiedLinear,
+    firing_rate_penalty,
+    from_flax,
+    lowpass,
+    rate_apply,
+    spiking_network,
+)
 from jaxctl.util.checkpoint import (
     CheckpointError,
     checkpoint_metadata,
@@ -79,6 +94,8 @@ __all__ = [
     "HFState",
     "HFStats",
     "HessianFree",
+    "LIF",
+    "LIFRate",
     "LineSearchConfig",
     "MartensCGResult",
     "NPGState",
@@ -87,6 +104,11 @@ __all__ = [
     "Policy",
     "RNNOutputs",
     "RNNSpec",
+    "RectifiedLinear",
+    "SimResult",
+    "SoftLIFRate",
+    "SpikingNetwork",
+    "SpikingRectifiedLinear",
     "Trajectory",
     "Transitions",
     "ValueFunction",
@@ -98,15 +120,18 @@ __all__ = [
     "dynamics_init",
     "dynamics_predict",
     "dynamics_train",
+    "firing_rate_penalty",
     "fisher_matrix",
     "fisher_operator",
     "fisher_vector_product",
+    "from_flax",
     "gae",
     "gauss_newton_model",
     "gauss_newton_vector_product",
     "gaussian_policy",
     "hessian_free",
     "jit_planner",
+    "lowpass",
     "martens_cg",
     "mlp_apply",
     "mlp_init",
@@ -118,6 +143,7 @@ __all__ = [
     "open_loop_prediction",
     "per_sample_grads",
     "random_shooting",
+    "rate_apply",
     "ravel_per_sample",
     "restore_checkpoint",
     "rnn_apply",
@@ -127,6 +153,7 @@ __all__ = [
     "score_gradient",
     "shift_actions",
     "softmax_cross_entropy",
+    "spiking_network",
     "squared_error",
     "value_function",
 ]

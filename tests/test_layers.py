@@ -12,7 +12,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxctl"
 
 # folder -> rank; a module may import from a lower rank or from its own folder.
-RANKS = {"util": 0, "core": 1, "optim": 2, "control": 2, "models": 3, "envs": 3,
+RANKS = {"util": 0, "core": 1, "optim": 2, "control": 2, "models": 3, "envs": 3, "spiking": 3,
          "experiments": 4, "apps": 5}
 MAX_LINES = 400
 
