@@ -62,6 +62,8 @@ class NPGSettings(NamedTuple):
       pg_lr: Adam learning rate of the vanilla PG (DeWolf 2018: 0.01).
       policy_hidden: hidden widths of the policy MLP (`()` = DeWolf's (2018)
         linear softmax policy).
+      policy_activation: hidden activation of the policy MLP (`"relu"` for a
+        policy that runs as spiking neurons, DeWolf 2020).
       policy_output_scale: initial scale of the policy's last layer.
       log_std_init: Gaussian policy's initial log standard deviation.
       value_hidden, value_activation: value MLP (DeWolf 2018: (10,), relu).
@@ -88,6 +90,7 @@ class NPGSettings(NamedTuple):
     cg_maxiter: int = 10
     pg_lr: float = 0.01
     policy_hidden: tuple[int, ...] = ()
+    policy_activation: str = "tanh"
     policy_output_scale: float = 0.01
     log_std_init: float = -0.5
     value_hidden: tuple[int, ...] = (10,)
@@ -138,10 +141,12 @@ def make_policy_value(settings: NPGSettings, env, env_params):
         action_dim = int(np.prod(space.shape)) or 1
         scale = float(np.max(np.abs(np.asarray(space.high))))
         policy = gaussian_policy(obs_dim, action_dim, settings.policy_hidden,
+                                 activation=settings.policy_activation,
                                  output_scale=settings.policy_output_scale,
                                  log_std_init=settings.log_std_init, action_scale=scale)
     else:
         policy = categorical_policy(obs_dim, int(env.num_actions), settings.policy_hidden,
+                                    activation=settings.policy_activation,
                                     output_scale=settings.policy_output_scale)
     value = value_function(obs_dim, settings.value_hidden, activation=settings.value_activation)
     return policy, value
