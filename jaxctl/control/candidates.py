@@ -19,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import PartitionSpec
 
 import jaxctl.control.simulate as _sim
+import jaxctl.util.mesh as _mesh
 from jaxctl.util import checks
 
 
@@ -114,12 +116,60 @@ def score_one(dynamics, reward, state, actions):
     return jnp.where(ok & jnp.isfinite(total), total, -jnp.inf)
 
 
-def scores(dynamics, reward, state, candidates, chunk_size):
-    """`(K,)` returns of `(K, H, m)` candidates; non-finite rollouts score `-inf`."""
+def _local_scores(dynamics, reward, state, candidates, chunk_size):
     score = functools.partial(score_one, dynamics, reward, state)
     if chunk_size is None or chunk_size >= candidates.shape[0]:
         return jax.vmap(score)(candidates)
     return lax.map(score, candidates, batch_size=chunk_size)
+
+
+def scores(dynamics, reward, state, candidates, chunk_size, mesh=None, axis="data"):
+    """`(K,)` returns of `(K, H, m)` candidates; non-finite rollouts score `-inf`.
+
+    With a `mesh`, the candidates are split over its axis `axis` and every
+    device scores its own K / N of them (`chunk_size` then bounds each
+    device's chunk); the K returns are then replicated (an all-gather of K
+    scalars), so the selection that follows is the same on every device.
+    """
+    if mesh is None:
+        return _local_scores(dynamics, reward, state, candidates, chunk_size)
+    local = jax.shard_map(
+        lambda x, c: _local_scores(dynamics, reward, x, c, chunk_size), mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(axis)), out_specs=PartitionSpec(axis))
+    return _mesh.replicate(local(_mesh.replicate(state, mesh),
+                                 _mesh.shard_along(candidates, mesh, axis)), mesh)
+
+
+def take_rows(candidates, idx, mesh=None, axis="data"):
+    """`candidates[idx]` for replicated indices `idx`; with a `mesh`, each device
+    contributes the rows it holds and a `psum` assembles them (E H m floats,
+    never the K candidates)."""
+    if mesh is None:
+        return candidates[idx]
+    k_local = candidates.shape[0] // _mesh.axis_size(mesh, axis)
+
+    def local(idx, block):
+        j = idx - lax.axis_index(axis) * k_local
+        mine = (j >= 0) & (j < k_local)
+        rows = block[jnp.clip(j, 0, k_local - 1)]
+        mask = jnp.reshape(mine, mine.shape + (1,) * (rows.ndim - mine.ndim))
+        return lax.psum(jnp.where(mask, rows, jnp.zeros_like(rows)), axis)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
+                         out_specs=PartitionSpec())(
+        _mesh.replicate(idx, mesh), _mesh.shard_along(candidates, mesh, axis))
+
+
+def weighted_sum(w, candidates, mesh=None, axis="data"):
+    """`sum_k w_k candidates_k` (`(H, m)`); with a `mesh`, local sums plus a `psum`."""
+    def local(w, c):
+        return jnp.einsum("k,khm->hm", w, c)
+
+    if mesh is None:
+        return local(w, candidates)
+    return jax.shard_map(lambda w, c: lax.psum(local(w, c), axis), mesh=mesh,
+                         in_specs=PartitionSpec(axis), out_specs=PartitionSpec())(
+        *_mesh.shard_along((w, candidates), mesh, axis))
 
 
 def count_finite(scores):

@@ -46,11 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh
 
 import jaxctl.control.candidates as _cand
 import jaxctl.control.simulate as _sim
 from jaxctl.control.simulate import Dynamics, Reward
 from jaxctl.util import checks
+from jaxctl.util.mesh import check_divisible
 
 
 class PlanResult(NamedTuple):
@@ -88,7 +90,8 @@ def _result(dynamics, reward, state, actions, num_finite):
 def random_shooting(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
                     num_samples: int, horizon: int, action_low: jax.Array,
                     action_high: jax.Array, init_actions: jax.Array | None = None,
-                    chunk_size: int | None = None) -> PlanResult:
+                    chunk_size: int | None = None, mesh: Mesh | None = None,
+                    axis: str = "data") -> PlanResult:
     """Random-shooting MPC: the best of K uniformly sampled action sequences.
 
     `U_k ~ Uniform([low, high]^{H x m})`, `k = 1..K`; returns
@@ -108,6 +111,11 @@ def random_shooting(dynamics: Dynamics, reward: Reward, state: jax.Array, key: j
       init_actions: optional `(H, m)` warm start, evaluated as a candidate.
       chunk_size: evaluate candidates in chunks of this many (memory bound
         for large K); `None` evaluates all K at once.
+      mesh, axis: optional `jax.sharding.Mesh` and axis name: the K
+        candidates (a multiple of the devices along `axis`) are split over
+        the devices, each scores its own, and the selection uses the K
+        replicated scores; the plan equals the one-device plan (the
+        candidates are drawn from the same `key`).
 
     Returns:
       `PlanResult` with `actions (H, m)`, `states (H + 1, n)`, `rewards (H,)`,
@@ -128,12 +136,18 @@ def random_shooting(dynamics: Dynamics, reward: Reward, state: jax.Array, key: j
         dynamics, reward, state, num_samples, horizon, action_low, action_high,
         init_actions, chunk_size)
     m = low.shape[0]
+    _check_mesh(K, mesh, axis)
     candidates = jax.random.uniform(key, (K, H, m), state.dtype, low, high)
     if init_actions is not None:
         candidates = candidates.at[0].set(init_actions)
-    scores = _cand.scores(dynamics, reward, state, candidates, chunk)
-    best = jnp.argmax(scores)
-    return _result(dynamics, reward, state, candidates[best], _cand.count_finite(scores))
+    scores = _cand.scores(dynamics, reward, state, candidates, chunk, mesh, axis)
+    best = _cand.take_rows(candidates, jnp.argmax(scores), mesh, axis)
+    return _result(dynamics, reward, state, best, _cand.count_finite(scores))
+
+
+def _check_mesh(K, mesh, axis):
+    if mesh is not None:
+        check_divisible("num_samples", K, mesh, axis)
 
 
 def _initial_mean(low, high, H, init_actions):
@@ -146,7 +160,8 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         num_samples: int, horizon: int, action_low: jax.Array, action_high: jax.Array,
         init_actions: jax.Array | None = None, num_iterations: int = 5,
         num_elites: int | None = None, init_std: float = 0.5, smoothing: float = 0.0,
-        min_std: float = 1e-3, chunk_size: int | None = None) -> PlanResult:
+        min_std: float = 1e-3, chunk_size: int | None = None, mesh: Mesh | None = None,
+        axis: str = "data") -> PlanResult:
     """Cross-entropy-method MPC: refit a Gaussian to the elite sequences.
 
     For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
@@ -159,7 +174,9 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
 
     Args:
       dynamics, reward, state, key, num_samples, horizon, action_low,
-        action_high, init_actions, chunk_size: as in `random_shooting`.
+        action_high, init_actions, chunk_size, mesh, axis: as in
+        `random_shooting` (the elites are assembled from the devices
+        holding them).
       num_iterations: I >= 1 refits (static).
       num_elites: E, 1 <= E <= K (static); default `max(1, K // 10)`.
       init_std: initial standard deviation as a fraction of the half range.
@@ -189,6 +206,7 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
          else checks.check_positive_int("num_elites", num_elites))
     if E > K:
         raise ValueError(f"num_elites must be <= num_samples = {K}, got {E}")
+    _check_mesh(K, mesh, axis)
     checks.check_scalar("smoothing", smoothing, low=0.0, high=1.0, high_open=True)
     checks.check_finite_positive("init_std", init_std)
     checks.check_scalar("min_std", min_std, low=0.0, high=float("inf"), high_open=True)
@@ -202,9 +220,9 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         mean, std, best_u, best_r, _ = carry
         eps = jax.random.normal(k, (K,) + mean.shape, dtype)
         cand = jnp.clip(mean + std * eps, low, high)
-        scores = _cand.scores(dynamics, reward, state, cand, chunk)
+        scores = _cand.scores(dynamics, reward, state, cand, chunk, mesh, axis)
         elite_r, idx = lax.top_k(scores, E)
-        elites = cand[idx]
+        elites = _cand.take_rows(cand, idx, mesh, axis)
         # Only finite elites count; if none is finite the distribution stays put.
         w = jnp.isfinite(elite_r).astype(dtype)
         n_ok = jnp.sum(w)
@@ -233,7 +251,8 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
          num_samples: int, horizon: int, action_low: jax.Array, action_high: jax.Array,
          init_actions: jax.Array | None = None, num_iterations: int = 1,
          noise_std: float = 0.5, temperature: float = 1.0,
-         chunk_size: int | None = None) -> PlanResult:
+         chunk_size: int | None = None, mesh: Mesh | None = None,
+         axis: str = "data") -> PlanResult:
     """Model-predictive path-integral control: a reward-weighted average of perturbed plans.
 
     For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
@@ -244,7 +263,8 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
 
     Args:
       dynamics, reward, state, key, num_samples, horizon, action_low,
-        action_high, init_actions, chunk_size: as in `random_shooting`.
+        action_high, init_actions, chunk_size, mesh, axis: as in
+        `random_shooting` (the weighted sum is local sums plus an all-reduce).
       num_iterations: I >= 1 updates of the mean per call (static).
       noise_std: exploration standard deviation as a fraction of the half range.
       temperature: lambda > 0; small values approach "pick the best",
@@ -274,6 +294,7 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
     num_iterations = checks.check_positive_int("num_iterations", num_iterations)
     checks.check_positive("temperature", temperature)
     checks.check_scalar("noise_std", noise_std, low=0.0, high=float("inf"), high_open=True)
+    _check_mesh(K, mesh, axis)
     sigma = noise_std * (high - low) / 2
     mean = _initial_mean(low, high, H, init_actions)
     dtype = state.dtype
@@ -282,7 +303,7 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
         mean, _ = carry
         eps = jax.random.normal(k, (K,) + mean.shape, dtype)
         cand = jnp.clip(mean + sigma * eps, low, high)
-        scores = _cand.scores(dynamics, reward, state, cand, chunk)
+        scores = _cand.scores(dynamics, reward, state, cand, chunk, mesh, axis)
         n_finite = _cand.count_finite(scores)
         # Shift by the best finite score BEFORE dividing by the temperature: the
         # differences are <= 0, so a tiny temperature gives -inf (weight 0), never
@@ -290,7 +311,7 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
         # mean instead of the 0/0 of a softmax over all -inf.
         shifted = jnp.where(n_finite > 0, scores - jnp.max(scores), 0.0)
         w = jax.nn.softmax(shifted / jnp.asarray(temperature, dtype))
-        new_mean = jnp.einsum("k,khm->hm", w, cand)
+        new_mean = _cand.weighted_sum(w, cand, mesh, axis)
         return (jnp.where(n_finite > 0, new_mean, mean), n_finite), None
 
     keys = jax.random.split(key, num_iterations)

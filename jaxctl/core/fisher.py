@@ -255,7 +255,7 @@ def _eigenbasis_svd(G):
 _EIGENBASIS = {"eigh": _eigenbasis_eigh, "gram": _eigenbasis_gram, "svd": _eigenbasis_svd}
 
 
-def _solve_in_eigenbasis(V, eigs, g, rtol, damping):
+def solve_in_eigenbasis(V, eigs, g, rtol, damping):
     """`F^+ g` (or damped) from orthonormal eigenvectors `V` (P, k) of F's range.
 
     Directions orthogonal to `V` have eigenvalue 0: with damping they are
@@ -339,5 +339,5 @@ def natural_gradient(
     else:
         V, eigs = _EIGENBASIS[method](G)
         lam = damping + rel_damping * jnp.maximum(jnp.max(eigs), 0.0)
-        x = _solve_in_eigenbasis(V, eigs, g, rtol, jnp.asarray(lam, dtype))
+        x = solve_in_eigenbasis(V, eigs, g, rtol, jnp.asarray(lam, dtype))
     return jnp.where(finite & tree_all_finite(x), x, 0.0)
