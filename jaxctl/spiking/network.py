@@ -73,8 +73,9 @@ def affine(layer: Dense | Conv2D, p: dict[str, jax.Array], x: jax.Array) -> jax.
     """The layer's affine map `W x + b` on one input."""
     if isinstance(layer, Dense):
         return x.reshape(-1) @ p["w"] + p["b"]
-    y = lax.conv_general_dilated(x[None], p["w"], layer.strides, layer.padding,
-                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    dtype = jnp.result_type(x, p["w"])  # lax.conv does not promote mixed dtypes
+    y = lax.conv_general_dilated(x[None].astype(dtype), p["w"].astype(dtype), layer.strides,
+                                 layer.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y[0] + p["b"]
 
 

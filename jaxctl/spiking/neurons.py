@@ -89,9 +89,10 @@ class RectifiedLinear:
 class SpikingRectifiedLinear(RectifiedLinear):
     """Integrate-and-fire ReLU; `surrogate=True` gives it the ReLU's gradient.
 
-    With `surrogate`, `floor` is differentiated as the identity, so the
-    gradient of the output through time equals that of the rate ReLU
-    (a straight-through estimator for training in spiking mode).
+    With `surrogate`, `floor` is differentiated as the identity
+    (straight-through), so the reset `v - floor(v)` passes no gradient back
+    in time and each step's spike count has the gradient `dt` of its own
+    input: the gradient of the mean output equals the rate ReLU's.
     """
     surrogate: bool = False
     spiking = True
@@ -104,7 +105,7 @@ class SpikingRectifiedLinear(RectifiedLinear):
         """`v += max(J, 0) dt`; `n = floor(v)` spikes of height `amplitude / dt`; `v -= n`."""
         v = state + jnp.maximum(J, 0) * dt
         n = _floor_straight_through(v) if self.surrogate else jnp.floor(v)
-        return v - jax.lax.stop_gradient(n), (self.amplitude / dt) * n
+        return v - n, (self.amplitude / dt) * n
 
 
 @dataclasses.dataclass(frozen=True)
