@@ -30,6 +30,8 @@ COMMANDS = {
             "and NPG on Pendulum"),
     "mpc": ("jaxctl.apps.mpc", "model-based RL (Nagabandi et al. 2018): learned MLP dynamics + "
             "jitted MPC on Pendulum, HalfCheetah, Swimmer"),
+    "spiking": ("jaxctl.apps.spiking", "rate networks run as spiking neurons (DeWolf 2020): the "
+                "8x8 digits conversion story, then a spiking CartPole controller"),
 }
 
 
