@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxctl.models.features import FourierFeatures, fourier_apply
 from jaxctl.models.mlp import ACTIVATIONS, mlp_apply, mlp_init
 from jaxctl.util.checks import (
     PyTree,
@@ -181,15 +182,56 @@ def gaussian_policy(
       simplicity in continuous control".
     """
     sizes = _check_sizes(obs_dim, ("action_dim", action_dim), hidden, activation, output_scale)
+
+    def mean(params, obs):
+        return mlp_apply(params, _check_obs(obs, obs_dim), activation)
+
+    return _gaussian(lambda key: mlp_init(key, sizes, output_scale=output_scale), mean,
+                     action_dim, log_std_init, action_scale)
+
+
+def rbf_gaussian_policy(features: FourierFeatures, action_dim: int, *,
+                        log_std_init: float = 0.0, action_scale: float = 1.0) -> Policy:
+    """Gaussian policy whose mean is linear in random Fourier features (Rajeswaran et al. 2017).
+
+    `mu(s) = phi(s) @ w + b` with `phi` from `jaxctl.models.features.fourier_features`
+    (fixed, not trained); parameters `{"mean": [{"w", "b"}], "log_std"}`,
+    `w` initialised to zero. Otherwise as `gaussian_policy`; a linear policy
+    is `gaussian_policy(obs_dim, action_dim, hidden=())`.
+
+    Example:
+      >>> from jaxctl.models.features import fourier_features
+      >>> pi = rbf_gaussian_policy(fourier_features(jax.random.PRNGKey(0), 3, 16), 2)
+      >>> pi.mode(pi.init(jax.random.PRNGKey(1)), jnp.ones(3)).shape
+      (2,)
+    """
+    obs_dim, num_features = features.projection.shape
+    check_positive_int("action_dim", action_dim)
+
+    def init(key):
+        del key
+        dtype = features.projection.dtype
+        return [{"w": jnp.zeros((num_features, action_dim), dtype),
+                 "b": jnp.zeros((action_dim,), dtype)}]
+
+    def mean(params, obs):
+        phi = fourier_apply(features, _check_obs(obs, obs_dim))
+        return phi @ params[0]["w"] + params[0]["b"]
+
+    return _gaussian(init, mean, action_dim, log_std_init, action_scale)
+
+
+def _gaussian(init_mean, mean_fn, action_dim, log_std_init, action_scale) -> Policy:
+    """A diagonal Gaussian `N(action_scale * mean_fn(params["mean"], s), exp(2 log_std))`."""
     log_scale = math.log(float(check_finite_positive("action_scale", action_scale)))
     check_finite("log_std_init", log_std_init)
 
     def init(key):
-        return {"mean": mlp_init(key, sizes, output_scale=output_scale),
+        return {"mean": init_mean(key),
                 "log_std": jnp.full((action_dim,), log_std_init, jnp.float32)}
 
     def mean_std(params, obs):
-        mean = action_scale * mlp_apply(params["mean"], _check_obs(obs, obs_dim), activation)
+        mean = action_scale * mean_fn(params["mean"], obs)
         log_std = params["log_std"] + log_scale
         return mean, log_std
 

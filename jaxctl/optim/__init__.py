@@ -1,2 +1,2 @@
-"""Layer 2, optimizers: the normalized natural-gradient step (optax) and Hessian-free."""
-from jaxctl.optim import hf, hf_config, hf_search, npg  # noqa: F401
+"""Layer 2, optimizers: the normalized natural-gradient step (optax), TRPO's line search, Hessian-free."""
+from jaxctl.optim import hf, hf_config, hf_search, npg, trpo  # noqa: F401
