@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxctl.apps.spiking_cartpole_plot import cartpole_plot
 from jaxctl.experiments import spiking_cartpole as sc
 from jaxctl.experiments.npg_sessions import make_env
 from jaxctl.models.mlp import mlp_init
@@ -114,14 +115,20 @@ def test_fold_scale_is_the_networks_scale_bitwise():
     assert np.asarray(api.spikes[0]).sum() > 0
 
 
-def test_quick_study_returns_its_figures():
-    res = sc.run_study(SETTINGS)
+@pytest.fixture(scope="module")
+def quick_study():
+    return sc.run_study(SETTINGS)
+
+
+def test_quick_study_returns_its_figures(quick_study):
+    res = quick_study
     json.dumps(res)
     assert set(res) >= {"rate_reward", "spiking", "default", "steps_per_env_step", "dt",
                         "env_dt", "episode_limit", "wall_seconds", "settings"}
     assert res["steps_per_env_step"] == K and res["env_dt"] == pytest.approx(0.02)
     assert len(res["spiking"]) == len(SETTINGS.scales) * len(SETTINGS.taus)
     limit = SETTINGS.max_episode_steps
+    assert res["rate_reward"]["mean_rate_hz"] > 0  # the rate policy's mean hidden activation
     for rec in [res["rate_reward"], *res["spiking"]]:
         assert 0 < rec["mean_reward"] <= limit
         assert rec["episodes"] == SETTINGS.policy_seeds * SETTINGS.episodes
@@ -130,6 +137,12 @@ def test_quick_study_returns_its_figures():
     # firing rates grow in proportion to the scale (same policies, more spikes)
     rates = [r["mean_rate_hz"] for r in res["spiking"]]
     assert rates[-1] > rates[0]
+
+
+def test_cartpole_plot_writes_a_png(quick_study, tmp_path):
+    path = cartpole_plot(quick_study, str(tmp_path / "cartpole.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("env_dt, dt, match", [
@@ -141,7 +154,7 @@ def test_bad_steps_per_env_step(env_dt, dt, match):
 
 @pytest.mark.parametrize("field, value, match", [
     ("scales", (0.0,), "scales"), ("scales", (-2.0,), "scales"), ("taus", (-0.01,), "taus"),
-    ("default_tau", 0.5, "default_tau"), ("policy_hidden", (), "policy_hidden"),
+    ("policy_hidden", (), "policy_hidden"),
     ("episodes", 0, "episodes"), ("dt", -0.001, "dt")])
 def test_bad_settings(field, value, match):
     with pytest.raises(ValueError, match=match):
@@ -153,3 +166,13 @@ def test_bad_network_steps_and_scale():
         sc.spiking_controller(sc.policy_network(2, 1.0, None, DT), PARAMS, 0)
     with pytest.raises(ValueError, match="scale_firing_rates"):
         sc.policy_network(2, 0.0, None, DT)
+
+
+def test_choose_default_takes_the_smallest_solving_scale():
+    rec = lambda s, tau, r: {"scale": s, "tau": tau, "mean_reward": r, "ci95": 1.0}
+    records = [rec(10.0, None, 150.0), rec(20.0, None, 196.0), rec(10.0, 0.02, 180.0),
+               rec(20.0, 0.02, 199.0), rec(50.0, None, 200.0)]
+    best = sc.choose_default(records)
+    assert (best["scale"], best["tau"], best["solved"]) == (20.0, 0.02, True)
+    best = sc.choose_default(records[:1] + records[2:3])
+    assert (best["scale"], best["tau"], best["solved"]) == (10.0, 0.02, False)
