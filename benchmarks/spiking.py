@@ -55,6 +55,12 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import nengo
     import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if args.single_thread:
+        # numpy (Nengo's engine) loaded its BLAS before the environment variables were set
+        threadpool_limits(1)
+    blas_threads = max((p["num_threads"] for p in threadpool_info()), default=1)
 
     from jaxctl.spiking import dense, spiking_network
 
@@ -160,7 +166,8 @@ def main(argv=None) -> int:
 
     table = _common.markdown_table(
         ["simulator", "inputs", "ms per run", "M neuron-updates / s", "x Nengo"], rows)
-    threads = "1 thread" if args.single_thread else "all threads"
+    threads = ("1 thread" if args.single_thread else "all threads") + \
+        f" (numpy BLAS: {blas_threads})"
     header = (f"Spiking ReLU network {'-'.join(map(str, sizes))}, {args.steps} steps of 1 ms, "
               f"Lowpass {1e3 * tau:g} ms, scale {s:g}; jax {jax.__version__}, nengo "
               f"{nengo.__version__}, {threads}; min of {args.repeats}+ interleaved rounds")
@@ -170,7 +177,8 @@ def main(argv=None) -> int:
     print("build / compile seconds:", {k: round(v, 3) for k, v in build.items()})
     with open(os.path.join(out, "spiking_bench.md"), "w") as f:
         f.write(header + "\n\n" + table + "\n")
-    payload = {"settings": vars(args), "environment": _common.environment_info(),
+    payload = {"settings": vars(args),
+               "environment": {**_common.environment_info(), "blas_threads": blas_threads},
                "checks": checks, "build_seconds": build, "results": records}
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(_common.to_jsonable(payload), f, indent=2)
