@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sys
 
 import jax
@@ -27,7 +26,10 @@ from jaxctl.core.sharded import (
     sharded_natural_gradient,
     sharded_scores,
 )
-from jaxctl.util.mesh import data_mesh, shard_along
+import jaxctl.experiments.npg_sessions as agent
+from jaxctl.experiments.reach_model import ReachSettings
+from jaxctl.experiments.reach_train import ReachTrainer
+from jaxctl.util.mesh import data_mesh, hlo_collectives, shard_along
 
 from jax.sharding import AxisType, PartitionSpec
 
@@ -47,15 +49,6 @@ def policy_batch(T, n_obs=8, n_act=4, seed=0):
 def rel_err(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def collectives(hlo: str) -> dict:
-    """Shapes of the all-reduce / all-gather results in an optimized HLO text."""
-    out = {}
-    for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all"):
-        shapes = re.findall(r"= (\w+\[[\d,]*\])[^=]*? " + op + r"(?:-start)?\(", hlo)
-        out[op] = shapes
-    return out
 
 
 def per_device_bytes(compiled) -> int:
@@ -107,8 +100,8 @@ def check_curvature(n: int) -> dict:
                                 fisher_operator(log_prob, w, obs, actions)(v.reshape(w.shape))),
         "ng_cg_err": rel_err(ng["cg"](Gs, g), ref_cg),
         "ng_tsqr_err": rel_err(ng["tsqr"](Gs, g), ref_svd),
-        "hlo_cg": collectives(hlo_cg),
-        "hlo_tsqr": collectives(hlo_tsqr),
+        "hlo_cg": hlo_collectives(hlo_cg),
+        "hlo_tsqr": hlo_collectives(hlo_tsqr),
         "memory_bytes": per_device_bytes(mem.lower(wb, ob_s, ab_s, v).compile()),
     }
 
@@ -151,11 +144,51 @@ def check_planners(n: int) -> dict:
     hlo = plan.jitted.lower(jax.tree_util.Partial(dynamics), jax.tree_util.Partial(reward), x0,
                             key, action_low=cfg["action_low"],
                             action_high=cfg["action_high"]).compile().as_text()
-    out["cem_hlo"] = collectives(hlo)
+    out["cem_hlo"] = hlo_collectives(hlo)
     return out
 
 
-GROUPS = {"curvature": check_curvature, "planners": check_planners}
+def check_hf(n: int) -> dict:
+    """`jaxctl reach`'s trainer, 8 targets split over the devices, against one device."""
+    s = ReachSettings(hidden=8, steps=10, targets=8, cg_maxiter=20, alpha=1e-6)
+    out, runs = {}, {}
+    for name, mesh in (("one", None), ("mesh", data_mesh(n))):
+        tr = ReachTrainer(s, mesh)
+        runs[name] = tr.run(tr.initial_state(), 1, eval_every=0)
+        if mesh is not None:
+            out["hlo"] = hlo_collectives(tr._step.as_text())
+            out["params_replicated"] = all(leaf.sharding.is_fully_replicated for leaf in
+                                           jax.tree.leaves(runs[name].params))
+    one, sharded = runs["one"], runs["mesh"]
+    # One HF step (gradient, 20 CG steps on Gauss-Newton products, line search).
+    out["loss_err"] = rel_err(sharded.history["loss"], one.history["loss"])
+    out["new_loss_err"] = rel_err(sharded.history["new_loss"], one.history["new_loss"])
+    out["params_err"] = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(sharded.params),
+                                                          jax.tree.leaves(one.params)))
+    out["param_shapes"] = sorted({str(list(x.shape)) for x in jax.tree.leaves(one.params)})
+    return out
+
+
+def check_sessions(n: int) -> dict:
+    """NPG sessions (dense Fisher) split over the devices against one device."""
+    cfg = agent.NPGSettings(delta=0.002, rel_damping=0.01, bootstrap=True, num_steps=50)
+    keys = agent.session_keys(0, n)
+    logs, states = {}, {}
+    for name, mesh in (("one", None), ("mesh", data_mesh(n))):
+        tr = agent.SessionTrainer(cfg, 2, mesh)
+        states[name], log = tr.run(tr.initial_state(keys), 4)
+        logs[name] = log["metrics"]
+    return {
+        "return_err": rel_err(logs["mesh"].mean_return, logs["one"].mean_return),
+        "step_size_err": rel_err(logs["mesh"].step_size, logs["one"].step_size),
+        "policy_sharded": all(leaf.sharding.spec == PartitionSpec("data") for leaf in
+                              jax.tree.leaves(states["mesh"].policy)),
+        "batch": [int(b) for b in np.asarray(states["mesh"].batch)],
+    }
+
+
+GROUPS = {"curvature": check_curvature, "planners": check_planners, "hf": check_hf,
+          "sessions": check_sessions}
 
 
 def main(argv):

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+import jax
 import numpy as np
 
 import jaxctl.apps.common as _common
@@ -25,6 +26,7 @@ from jaxctl.experiments.reach_model import DEFAULT_ALPHA, ReachSettings
 from jaxctl.experiments.reach_train import ReachTrainer, ReachState, check_reach_checkpoint, \
     get_trainer, load_reach_checkpoint, save_reach_checkpoint
 from jaxctl.util.checkpoint import CheckpointError
+from jaxctl.util.mesh import data_mesh
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -71,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write checkpoint.npz every N iterations (also at the end and on Ctrl-C)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from checkpoint.npz in --out (same flags; --iterations may grow)")
+    parser.add_argument("--devices", type=integer(1), default=None,
+                        help="split each batch of targets over N devices (a multiple of N; "
+                             "fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
 
 
 def settings_from_args(args: argparse.Namespace) -> ReachSettings:
@@ -95,6 +100,13 @@ def prepare(args: argparse.Namespace) -> None:
     """
     args.iterations = args.iterations or (40 if args.quick else 150)
     settings = settings_from_args(args)
+    if args.devices is not None:
+        available = len(jax.devices())
+        if args.devices > available:
+            raise UsageError(f"--devices {args.devices}: only {available} device(s) available")
+        batch = settings.random_targets or settings.targets
+        if batch % args.devices:
+            raise UsageError(f"--devices {args.devices} must divide the {batch} targets per batch")
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out, the run folder to continue")
     ckpt = None if args.out is None else os.path.join(args.out, CHECKPOINT_NAME)
@@ -165,7 +177,8 @@ def run(args: argparse.Namespace, out_dir: str) -> dict:
     """Trains (or resumes), evaluates, plots; returns the figures for results.json."""
     s = settings_from_args(args)
     ckpt = os.path.join(out_dir, CHECKPOINT_NAME)
-    trainer = get_trainer(s)
+    mesh = None if args.devices is None else data_mesh(args.devices)
+    trainer = get_trainer(s, mesh)
     state = trainer.initial_state()
     if args.resume:
         state = load_reach_checkpoint(ckpt, s, state)
@@ -201,6 +214,7 @@ def run(args: argparse.Namespace, out_dir: str) -> dict:
         "history": h,
         "plots": plot_paths,
         "checkpoint": ckpt,
+        "devices": args.devices or 1,
     }
     for name in ("train", "rotated", "inner"):
         results[name] = summary[name]

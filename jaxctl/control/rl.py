@@ -24,7 +24,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxctl.control.simulate import carry_zero
 from jaxctl.util.checks import PyTree, as_float, check_positive_int, check_scalar, tree_as_float
+
+
+def _typed_after(tree: PyTree, ref: jax.Array) -> PyTree:
+    """`tree` plus a zero typed after `ref` (booleans or-ed with False), leaf by leaf."""
+    def one(x):
+        x = jnp.asarray(x)
+        if x.dtype == bool:
+            return x | (carry_zero(ref, dtype=jnp.int32) != 0)
+        return x + carry_zero(ref, dtype=x.dtype)
+
+    return jax.tree.map(one, tree)
 
 
 class Trajectory(NamedTuple):
@@ -122,7 +134,10 @@ def rollout(
     num_steps = check_positive_int("num_steps", num_steps)
     key_reset, key_run = jax.random.split(key)
     if start is None:
-        start = env.reset(key_reset, env_params)
+        # gymnax starts counters from Python constants (`time=0`): typed after
+        # the key, the carry keeps shard_map's varying axes (sessions split
+        # over devices) and the values are unchanged.
+        start = _typed_after(env.reset(key_reset, env_params), jax.random.key_data(key))
 
     def body(carry, step_key):
         obs, state = carry

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxctl.control.rl import episode_ends, episode_stats, gae, rollout, score_gradient
 from jaxctl.core.fisher import fisher_operator
@@ -41,6 +42,7 @@ from jaxctl.core.jacobians import per_sample_grads
 from jaxctl.models.policies import categorical_policy, gaussian_policy, value_function
 from jaxctl.optim.npg import npg
 from jaxctl.util.checks import PyTree
+from jaxctl.util.mesh import shard_along
 
 class NPGSettings(NamedTuple):
     """Static settings of one training variant (hashable; a new value recompiles).
@@ -178,7 +180,7 @@ def make_session(settings: NPGSettings):
         pi_params = policy.init(k_pi)
         v_params = vf.init(k_v)
         return SessionState(pi_params, v_params, policy_tx.init(pi_params), value_tx.init(v_params),
-                            k_run, jnp.zeros((), jnp.int32))
+                            k_run, jnp.zeros_like(jax.random.key_data(key)[..., 0], jnp.int32))
 
     def collect(pi_params, key):
         keys = jax.random.split(key, settings.num_envs)
@@ -254,18 +256,26 @@ def make_session(settings: NPGSettings):
     return init, step
 
 
-def make_train(settings: NPGSettings, chunk: int):
+def make_train(settings: NPGSettings, chunk: int, mesh: Mesh | None = None, axis: str = "data"):
     """Jitted, session-vmapped `init(keys)` and `run_chunk(states) -> (states, metrics)`.
 
     `run_chunk` advances every session by `chunk` batches (a `lax.scan`);
-    the metrics have shape (sessions, chunk).
+    the metrics have shape (sessions, chunk). With a `mesh`, the sessions
+    (a multiple of the devices along `axis`) are split over the devices by
+    `jax.shard_map`: each device runs its own sessions, with no
+    communication; results equal the one-device run.
     """
     init, step = make_session(settings)
 
     def scan_chunk(state):
         return lax.scan(lambda s, _: step(s), state, None, length=chunk)
 
-    return jax.jit(jax.vmap(init)), jax.jit(jax.vmap(scan_chunk))
+    init, scan_chunk = jax.vmap(init), jax.vmap(scan_chunk)
+    if mesh is not None:
+        spec = PartitionSpec(axis)
+        init = jax.shard_map(init, mesh=mesh, in_specs=spec, out_specs=spec)
+        scan_chunk = jax.shard_map(scan_chunk, mesh=mesh, in_specs=spec, out_specs=spec)
+    return jax.jit(init), jax.jit(scan_chunk)
 
 
 def session_keys(seed: int, sessions: int) -> jax.Array:
@@ -284,15 +294,18 @@ class SessionTrainer:
     `compile_seconds` (first chunk minus one steady chunk), `chunk_seconds`
     (every chunk after the first), `seconds_per_batch_per_session` (median
     steady chunk / (chunk * sessions)), its minimum counterpart, `chunk`.
+    With a `mesh`, the sessions are split over its `"data"` axis (`make_train`).
     """
 
-    def __init__(self, settings: NPGSettings, chunk: int):
-        self.settings, self.chunk = settings, chunk
-        self.init_fn, self.chunk_fn = make_train(settings, chunk)  # the jitted pieces
+    def __init__(self, settings: NPGSettings, chunk: int, mesh: Mesh | None = None):
+        self.settings, self.chunk, self.mesh = settings, chunk, mesh
+        self.init_fn, self.chunk_fn = make_train(settings, chunk, mesh)  # the jitted pieces
         self.init_seconds = None
 
     def initial_state(self, keys: jax.Array) -> SessionState:
         t0 = time.perf_counter()
+        if self.mesh is not None:
+            keys = shard_along(keys, self.mesh)
         state = jax.block_until_ready(self.init_fn(keys))
         self.init_seconds = time.perf_counter() - t0
         return state

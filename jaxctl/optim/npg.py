@@ -247,7 +247,8 @@ def npg(
         P = u.shape[0]
         if P == 0:
             raise ValueError("updates must hold at least one parameter (P >= 1)")
-        solver_steps = jnp.zeros((), jnp.int32)
+        # Typed after the state (dtype, shard_map's varying axes), not a constant.
+        solver_steps = jnp.zeros_like(state.solver_steps)
         if fvp is not None:
             if fisher != "cg":
                 raise ValueError("fvp (a matrix-free Fisher operator) needs fisher='cg'; "

@@ -21,9 +21,11 @@ References:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import jax
+import numpy as np
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -133,3 +135,39 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: _place(x, sharding), tree)
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def hlo_collectives(hlo: str) -> dict[str, list[str]]:
+    """The result shapes (`"f32[64,32]"`) of each collective in an optimized HLO text.
+
+    `hlo` is `jax.jit(f).lower(...).compile().as_text()`; tuple results (XLA
+    combines small all-reduces) are flattened. An op inside a loop appears
+    once here and runs once per iteration.
+
+    Example:
+      >>> hlo_collectives("%a = f32[8]{0} all-reduce(%x), to_apply=%add")["all-reduce"]
+      ['f32[8]']
+    """
+    out = {}
+    for op in COLLECTIVES:
+        results = re.findall(r"= (\([^)]*\)|\w+\[[\d,]*\])\S* " + op + r"(?:-start)?\(", hlo)
+        out[op] = [shape for r in results for shape in re.findall(r"\w+\[[\d,]*\]", r)]
+    return out
+
+
+_HLO_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
+              "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+def shape_bytes(shape: str) -> int:
+    """Bytes of an HLO array shape such as `"f32[64,32]"`.
+
+    Example:
+      >>> shape_bytes("f32[64,32]")
+      8192
+    """
+    dtype, dims = re.fullmatch(r"(\w+)\[([\d,]*)\]", shape).groups()
+    return _HLO_BYTES[dtype] * int(np.prod([int(d) for d in dims.split(",") if d]))
