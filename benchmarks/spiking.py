@@ -34,7 +34,8 @@ import time
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small and fast (smoke test)")
-    parser.add_argument("--single-thread", action="store_true", help="pin XLA and BLAS to one thread")
+    parser.add_argument("--single-thread", action="store_true",
+                        help="pin XLA and BLAS to one thread")
     parser.add_argument("--sizes", type=int, nargs="+", default=[784, 512, 512, 10],
                         help="layer widths, input to read-out")
     parser.add_argument("--steps", type=int, default=200, help="simulation steps per input")

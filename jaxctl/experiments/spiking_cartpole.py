@@ -1,4 +1,4 @@
-"""A spiking controller closes the loop: an NPG-trained ReLU policy on CartPole run as spiking neurons.
+"""A spiking controller closes the loop: a ReLU policy trained by NPG runs CartPole as spikes.
 
 The conversion of DeWolf (2020) applied to a controller: a ReLU softmax
 policy is trained with natural policy gradient on gymnax CartPole-v1
@@ -123,7 +123,12 @@ def check_settings(settings: CartpoleSpikingSettings) -> CartpoleSpikingSettings
 
 
 def steps_per_env_step(env_dt: float, dt: float) -> int:
-    """`k = env_dt / dt`, the network steps per environment step (an integer >= 1)."""
+    """`k = env_dt / dt`, the network steps per environment step (an integer >= 1).
+
+    Example:
+      >>> steps_per_env_step(0.02, 0.001)
+      20
+    """
     env_dt, dt = check_dt(env_dt), check_dt(dt)
     k = round(env_dt / dt)
     if k < 1 or abs(k * dt - env_dt) > 1e-9 * env_dt:
@@ -161,6 +166,12 @@ def fold_scale(params: PyTree, scale: jax.Array) -> PyTree:
     every hidden layer, `W_L -> W_L / s` for the read-out. The scale becomes
     an array, so one compiled program sweeps it (`vmap`); for a power of 2
     the result is bitwise that of `spiking_network(scale_firing_rates=s)`.
+
+    Example:
+      >>> p = fold_scale([{"w": jnp.ones((4, 3)), "b": jnp.ones(3)},
+      ...                 {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}], 4.0)
+      >>> [float(p[0]["w"][0, 0]), float(p[0]["b"][0]), float(p[1]["w"][0, 0]), float(p[1]["b"][0])]
+      [4.0, 4.0, 0.25, 1.0]
     """
     last = len(params) - 1
     return [{"w": p["w"] * scale if i == 0 else (p["w"] / scale if i == last else p["w"]),
@@ -364,7 +375,7 @@ def run_study(settings: CartpoleSpikingSettings = CartpoleSpikingSettings(),
 
 
 def choose_default(records: list[dict]) -> dict[str, Any]:
-    """The smallest scale whose mean reward reaches 195 (the best tau there), else the best record."""
+    """The smallest scale whose mean reward reaches 195 (best tau there), else the best record."""
     solved = [r for r in records if r["mean_reward"] >= SOLVED]
     pool = solved or records
     best = min(pool, key=lambda r: (r["scale"] if solved else 0.0, -r["mean_reward"]))
