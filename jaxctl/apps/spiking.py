@@ -33,7 +33,10 @@ _tau.__name__ = "tau"  # argparse names the type in "invalid tau value"
 
 
 class _Unset:
-    """The default of `--tau` (`--tau none` is a value; argparse would parse a string default)."""
+    """The default of the study's flags: the value of `DigitsStudySettings` (or its `quick()`).
+
+    Not None (`--tau none` is a value) and not a string (argparse would parse it).
+    """
 
     def __repr__(self) -> str:
         return "the study's"
@@ -41,8 +44,8 @@ class _Unset:
 
 _UNSET = _Unset()
 
-# flag -> (field of DigitsStudySettings or of its `spiking`, help); None defaults mean
-# "the study's value" (its quick() value under --quick), so explicit flags win over --quick.
+# flag -> (type, help); unset flags take the study's value (its quick() value under --quick),
+# so explicit flags win over --quick.
 _STUDY_FLAGS = {
     "seeds": (integer(1), "training seeds (5; --quick: 2)"),
     "epochs": (integer(1), "Adam epochs of the rate training (20; --quick: 4)"),
@@ -65,11 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default="all",
                         help="digits (DeWolf 2020), cartpole (a spiking controller), or both")
     for name, (kind, help_text) in _STUDY_FLAGS.items():
-        parser.add_argument("--" + name, type=kind, default=_UNSET if name == "tau" else None,
-                            help=help_text)
+        parser.add_argument("--" + name, type=kind, default=_UNSET, help=help_text)
     for name, (kind, help_text) in _SWEEP_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, nargs="+", default=None,
-                            help=help_text + " (default: the study's)")
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, nargs="+", default=_UNSET,
+                            help=help_text)
 
 
 def study_settings(args: argparse.Namespace) -> DigitsStudySettings:
@@ -78,16 +80,14 @@ def study_settings(args: argparse.Namespace) -> DigitsStudySettings:
     spiking = base.spiking
     for flag, field in (("steps", "n_steps"), ("scale", "scale"), ("tau", "tau")):
         value = getattr(args, flag)
-        if value is not None and value is not _UNSET:
+        if value is not _UNSET:  # `--tau none` sets None
             spiking = spiking._replace(**{field: value})
-    if args.tau is None:  # --tau none
-        spiking = spiking._replace(tau=None)
     updates: dict[str, Any] = {"spiking": spiking}
-    if args.epochs is not None:
+    if args.epochs is not _UNSET:
         updates["train"] = base.train._replace(epochs=args.epochs)
     for name in ("seeds", "window", *_SWEEP_FLAGS):
         value = getattr(args, name)
-        if value is not None:
+        if value is not _UNSET:
             updates[name] = tuple(value) if isinstance(value, list) else value
     return base._replace(**updates)
 
