@@ -82,7 +82,7 @@ class CartpoleSpikingSettings(NamedTuple):
     """
 
     policy_hidden: tuple[int, ...] = (32,)
-    policy_seeds: int = 5
+    policy_seeds: int = 10
     seed: int = 0
     train_batches: int = 80
     train_envs: int = 4
