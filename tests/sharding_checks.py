@@ -27,7 +27,14 @@ from jaxctl.core.sharded import (
     sharded_scores,
 )
 import jaxctl.experiments.npg_sessions as agent
-from jaxctl.experiments.reach_model import ReachSettings
+from jaxctl.core.gauss_newton import gauss_newton_model
+from jaxctl.experiments.reach_model import (
+    ReachSettings,
+    batch_loss,
+    build,
+    closed_loop_batch,
+    init_params,
+)
 from jaxctl.experiments.reach_train import ReachTrainer
 from jaxctl.util.mesh import data_mesh, hlo_collectives, shard_along
 
@@ -166,6 +173,22 @@ def check_hf(n: int) -> dict:
     out["params_err"] = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(sharded.params),
                                                           jax.tree.leaves(one.params)))
     out["param_shapes"] = sorted({str(list(x.shape)) for x in jax.tree.leaves(one.params)})
+    # The pieces of the step at the initial weights: loss, gradient, Gauss-Newton product.
+    exp, key = build(s), jax.random.PRNGKey(s.seed)
+    params = init_params(jax.random.fold_in(key, 2**31 - 1), s)
+
+    def pieces(p, mesh):
+        batch = exp.make_batch(key, 0)
+        if mesh is not None:
+            batch = shard_along(batch, mesh)
+        gn = gauss_newton_model(lambda q: closed_loop_batch(q, s, batch),
+                                lambda o: batch_loss(o, batch, s), p)
+        return gn.value, gn.grad, gn.matvec(jax.tree.map(jnp.ones_like, p))
+
+    ref = jax.jit(lambda p: pieces(p, None))(params)
+    got = jax.jit(lambda p: pieces(p, data_mesh(n)))(params)
+    out["gn_pieces_err"] = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(got),
+                                                             jax.tree.leaves(ref)))
     return out
 
 

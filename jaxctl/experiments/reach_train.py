@@ -28,7 +28,7 @@ from jaxctl.optim.hf import HFState
 from jaxctl.util.checkpoint import CheckpointError, checkpoint_metadata, restore_checkpoint, \
     save_checkpoint
 from jaxctl.util.checks import PyTree
-from jaxctl.util.mesh import check_divisible, shard_along
+from jaxctl.util.mesh import check_divisible, replicate, shard_along
 
 CHECKPOINT_KIND = "jaxctl-reach"
 HISTORY_FIELDS = ("loss", "new_loss", "damping", "cg_steps", "rho", "accepted", "seconds")
@@ -174,11 +174,12 @@ class ReachTrainer:
         """Compiles step, record and evaluate ahead of time; returns seconds."""
         if self.compile_seconds is None:
             t0 = time.perf_counter()
-            held = state.held
-            self._step = self._step.lower(state.params, state.hf_state, jnp.int32(0), held).compile()
+            state = self._placed(state)
+            self._step = self._step.lower(state.params, state.hf_state, jnp.int32(0),
+                                          state.held).compile()
             if self.settings.regime == "fixed-inputs":
                 self._record = self._record.lower(state.params, jnp.int32(0)).compile()
-            ts = self.exp.targets["train"]
+            ts = self._place(self.exp.targets["train"])
             self._evaluate = self._evaluate.lower(state.params, ts.state, ts.xy,
                                                   self.eval_key()).compile()
             self.compile_seconds = time.perf_counter() - t0
@@ -188,8 +189,18 @@ class ReachTrainer:
         return jax.random.fold_in(self.key, 2**31 - 2)
 
     def evaluate(self, params, name: str = "train") -> dict:
-        ts = self.exp.targets[name]
-        return jax.device_get(self._evaluate(params, ts.state, ts.xy, self.eval_key()))
+        ts = self._place(self.exp.targets[name])
+        return jax.device_get(self._evaluate(self._place(params), ts.state, ts.xy,
+                                             self.eval_key()))
+
+    def _place(self, tree):
+        """`tree` replicated on the mesh (unchanged without one), so the compiled
+        pieces always see the placement they were compiled for."""
+        return tree if self.mesh is None else replicate(tree, self.mesh)
+
+    def _placed(self, state: ReachState) -> ReachState:
+        return state._replace(params=self._place(state.params),
+                              hf_state=self._place(state.hf_state), held=self._place(state.held))
 
     def run(self, state: ReachState, until: int, *, eval_every: int = 5,
             callback=None) -> ReachState:
@@ -203,6 +214,7 @@ class ReachTrainer:
         in `self.last`.
         """
         self.compile(state)
+        state = self._placed(state)
         s = self.settings
         self.last = state
         while state.iteration < until:
@@ -210,7 +222,7 @@ class ReachTrainer:
             t0 = time.perf_counter()
             held = state.held
             if s.regime == "fixed-inputs" and it % s.hold == 0:
-                held = self._record(state.params, jnp.int32(it))
+                held = self._place(self._record(state.params, jnp.int32(it)))
             params, hf_state, stats = self._step(state.params, state.hf_state, jnp.int32(it), held)
             stats = jax.device_get(stats)
             seconds = time.perf_counter() - t0
