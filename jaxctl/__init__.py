@@ -40,6 +40,13 @@ from jaxctl.core.gauss_newton import (
 from jaxctl.optim.hf import HessianFree, HFState, HFStats, hessian_free
 from jaxctl.optim.hf_config import CGConfig, DampingConfig, LineSearchConfig
 from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
+from jaxctl.core.sharded import (
+    sharded_fisher_operator,
+    sharded_fisher_vector_product,
+    sharded_natural_gradient,
+    sharded_scores,
+)
+from jaxctl.util.mesh import data_mesh, replicate, shard_along
 from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting
 from jaxctl.control.simulate import shift_actions
 from jaxctl.models.dynamics import (
@@ -131,6 +138,7 @@ __all__ = [
     "cg",
     "checkpoint_metadata",
     "clipped_inverse",
+    "data_mesh",
     "dynamics_init",
     "dynamics_predict",
     "dynamics_train",
@@ -163,6 +171,7 @@ __all__ = [
     "rate_apply",
     "ravel_per_sample",
     "rbf_gaussian_policy",
+    "replicate",
     "restore_checkpoint",
     "rnn_apply",
     "rnn_init",
@@ -171,6 +180,11 @@ __all__ = [
     "running_stats_update",
     "save_checkpoint",
     "score_gradient",
+    "shard_along",
+    "sharded_fisher_operator",
+    "sharded_fisher_vector_product",
+    "sharded_natural_gradient",
+    "sharded_scores",
     "shift_actions",
     "softmax_cross_entropy",
     "spiking_network",

@@ -36,6 +36,7 @@ from jaxctl.experiments.reach_model import (
     init_params,
 )
 from jaxctl.experiments.reach_train import ReachTrainer
+from jaxctl.optim.npg import npg
 from jaxctl.util.mesh import data_mesh, hlo_collectives, shard_along
 
 from jax.sharding import AxisType, PartitionSpec
@@ -97,7 +98,17 @@ def check_curvature(n: int) -> dict:
     ob_s, ab_s = shard_along((ob, ab), mesh)
     mem = jax.jit(lambda w, o, a, v: sharded_fisher_vector_product(
         sharded_scores(log_prob, w, o, a, mesh=mesh), v, mesh=mesh))
+    # The NPG transformation on sharded scores (TSQR) against its one-device SVD.
+    grads = -g.reshape(w.shape)
+    npg_err = {}
+    for fisher, kw in (("dense", dict(rel_damping=1e-3)), ("cg", dict(damping=0.1))):
+        opts = dict(fisher=fisher, **kw)
+        ref_u, _ = npg(0.01, **opts).update(grads, npg(0.01, **opts).init(w), w, scores=G1)
+        opt = npg(0.01, mesh=mesh, **opts)
+        got_u, _ = jax.jit(lambda gr, G: opt.update(gr, opt.init(w), w, scores=G))(grads, Gs)
+        npg_err[fisher] = rel_err(got_u, ref_u)
     return {
+        "npg_err": npg_err,
         "T": T, "P": int(G1.shape[1]), "n": n,
         "scores_err": rel_err(Gs, G1),
         "scores_sharded": Gs.sharding.spec == PartitionSpec("data"),

@@ -97,6 +97,9 @@ def test_curvature_equals_one_device(multi):
     assert c["ng_cg_err"] <= 1000 * EPS32
     # TSQR vs SVD with rel_damping 1e-3: condition number <= 1001 amplifies eps.
     assert c["ng_tsqr_err"] <= 32 * EPS32 * 1001
+    # jaxctl.npg(mesh=...) on sharded scores: the same normalized steps.
+    assert c["npg_err"]["dense"] <= 32 * EPS32 * 1001
+    assert c["npg_err"]["cg"] <= 1000 * EPS32
 
 
 def dims(shapes):

@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh
 
 from jaxctl.core.cg import cg
 from jaxctl.core.fisher import METHODS, fisher_vector_product, natural_gradient
 from jaxctl.core.jacobians import leading_size, ravel_per_sample
+from jaxctl.core.sharded import sharded_natural_gradient
 from jaxctl.util.checks import (
     PyTree,
     check_choice,
@@ -142,6 +144,8 @@ def npg(
     method: str = "auto",
     cg_maxiter: int | None = None,
     cg_tol: float | None = None,
+    mesh: Mesh | None = None,
+    axis: str = "data",
 ) -> optax.GradientTransformationExtraArgs:
     """Normalized natural policy gradient as an optax transformation.
 
@@ -188,6 +192,13 @@ def npg(
       method: dense solver, see `jaxctl.core.fisher.natural_gradient`.
       cg_maxiter: CG budget, a static int (None: 10, as in mjrl).
       cg_tol: CG relative tolerance (None: 1e-10).
+      mesh, axis: with a `jax.sharding.Mesh`, `scores` are a (T, P) matrix
+        (or per-sample pytree) whose samples are split over the mesh axis
+        `axis` (e.g. from `jaxctl.core.sharded.sharded_scores`), and the
+        solve never gathers them: `fisher="dense"` uses TSQR (needs T / N >= P),
+        `fisher="cg"` CG on local products plus an all-reduce
+        (`jaxctl.core.sharded.sharded_natural_gradient`; its `method` argument
+        is then ignored).
 
     `delta`, `rtol` and the dampings may be arrays, so
     `optax.inject_hyperparams(npg)(delta=0.01)` exposes them in its state
@@ -262,7 +273,12 @@ def npg(
             solver_steps = res.num_steps
         elif scores is not None:
             G = _flat_scores(scores, updates, P)
-            if fisher == "dense":
+            if mesh is not None:
+                nat = sharded_natural_gradient(
+                    G, u, mesh=mesh, axis=axis, method="tsqr" if fisher == "dense" else "cg",
+                    rtol=rtol, damping=damping, rel_damping=rel_damping, maxiter=cg_maxiter,
+                    tol=cg_tol)
+            elif fisher == "dense":
                 nat = natural_gradient(G, u, rtol=rtol, damping=damping,
                                        rel_damping=rel_damping, method=method)
             else:
