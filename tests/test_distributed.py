@@ -50,3 +50,18 @@ def test_two_processes_equal_one_process():
             assert np.max(np.abs(a - b)) <= 1000 * EPS32 * np.max(np.abs(b)), name
         # The CEM plan selects the same elites.
         np.testing.assert_allclose(r["cem"], single["cem"], rtol=0, atol=16 * EPS32)
+
+
+def test_launcher_flag_errors(capsys, monkeypatch):
+    from jaxctl.apps.launch import main
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for argv, message in ((["--process-id", "0", "reach"], "go together"),
+                          (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2",
+                            "reach"], "must be <"),
+                          ([], "give the jaxctl command")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1

@@ -33,6 +33,12 @@ The settings come in three groups (`jaxctl.optim.hf_config`): `CGConfig`,
 `jit`): wrap it in `jax.jit`. The state holds int32 / float32 scalars and a
 pytree like `params`, so the second call never recompiles.
 
+Data parallelism: split the batch over a mesh axis before or inside the
+`jit` (`jaxctl.util.mesh.shard_along(batch, mesh)`, parameters replicated);
+XLA's partitioner then computes the loss, the gradient and every
+Gauss-Newton product as local sums plus all-reduces of parameter-sized
+vectors, and the batch never moves (`jaxctl reach --devices N`).
+
 References:
   J. Martens (2010), "Deep learning via Hessian-free optimization", ICML.
   J. Martens and I. Sutskever (2011), "Learning recurrent neural networks
