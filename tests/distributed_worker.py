@@ -12,22 +12,22 @@ import functools
 import json
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from jaxctl.apps.launch import initialize
+from jaxctl.control.planners import cem
+from jaxctl.core.sharded import sharded_natural_gradient, sharded_scores
+from jaxctl.util.mesh import data_mesh, shard_along
 
-if sys.argv[1] == "single":
-    import jax
 
-    jax.config.update("jax_num_cpu_devices", 4)
-else:
-    initialize(f"localhost:{sys.argv[1]}", 2, int(sys.argv[2]), cpu_devices=2)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxctl.control.planners import cem  # noqa: E402
-from jaxctl.core.sharded import sharded_natural_gradient, sharded_scores  # noqa: E402
-from jaxctl.util.mesh import data_mesh, shard_along  # noqa: E402
+def start(argv):
+    """The devices of this process (importing jax creates none; the first use does)."""
+    if argv[1] == "single":
+        jax.config.update("jax_num_cpu_devices", 4)
+    else:
+        initialize(f"localhost:{argv[1]}", 2, int(argv[2]), cpu_devices=2)
 
 
 def log_prob(w, obs, action):
@@ -63,4 +63,5 @@ def main():
 
 
 if __name__ == "__main__":
+    start(sys.argv)
     main()

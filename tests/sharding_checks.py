@@ -221,8 +221,33 @@ def check_sessions(n: int) -> dict:
     }
 
 
+def check_mpc(n: int) -> dict:
+    """Pendulum's MPC episodes (gymnax, planner inside) split over the devices."""
+    import gymnax
+
+    from jaxctl.experiments.mbrl import MBRLSettings
+    from jaxctl.experiments.mbrl_pendulum import mpc_runner
+    from jaxctl.models.dynamics import Transitions, dynamics_init, normalization_stats
+
+    cfg = MBRLSettings(hidden=(16,), num_samples=32, horizon=4, episode_steps=6,
+                       mpc_episodes=n)
+    env, env_params = gymnax.make("Pendulum-v1")
+    k = jax.random.split(jax.random.PRNGKey(5), 4)
+    data = Transitions(jax.random.normal(k[0], (64, 3)), jax.random.normal(k[1], (64, 1)),
+                       jax.random.normal(k[2], (64, 3)))
+    model = dynamics_init(k[3], normalization_stats(data), (16,))
+    keys = jax.random.split(jax.random.PRNGKey(6), n)
+    one = mpc_runner(cfg, "cem", env, env_params)(model, keys)
+    mesh = data_mesh(n)
+    sharded = mpc_runner(cfg, "cem", env, env_params, mesh)(model, keys)
+    return {"rewards_err": rel_err(sharded.rewards, one.rewards),
+            "actions_err": rel_err(sharded.actions, one.actions),
+            "rewards_sharded": sharded.rewards.sharding.spec[0] == "data",
+            "rewards_nonzero": bool(jnp.all(one.rewards != 0))}
+
+
 GROUPS = {"curvature": check_curvature, "planners": check_planners, "hf": check_hf,
-          "sessions": check_sessions}
+          "sessions": check_sessions, "mpc": check_mpc}
 
 
 def main(argv):

@@ -33,7 +33,7 @@ def run_checks(*groups: str, devices: int = N) -> dict:
 
 @pytest.fixture(scope="module")
 def multi():
-    return run_checks("curvature", "planners")
+    return run_checks("curvature", "planners", "mpc")
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,21 @@ def test_planners_equal_one_device(multi, planner):
         assert p[f"{planner}_{kind}_err"] <= tol, (kind, p[f"{planner}_{kind}_err"])
     for kind in ("auto", "explicit"):
         assert p[f"{planner}_{kind}_reward_err"] <= 64 * EPS32
+
+
+def test_mpc_episodes_split_over_devices_equal_one_device(multi):
+    m = multi["mpc"]
+    # each device plans and steps its own episodes: the same arithmetic as on one device
+    assert m["rewards_sharded"] and m["rewards_nonzero"]
+    assert m["rewards_err"] <= 4 * EPS32 and m["actions_err"] <= 4 * EPS32
+
+
+def test_mpc_devices_flag_errors(capsys):
+    from jaxctl.apps.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["mpc", "--quick", "--devices", "64"])
+    assert exc.value.code == 2
+    assert "--devices 64: only" in capsys.readouterr().err
 
 
 def test_cem_collectives_are_small(multi):

@@ -42,11 +42,13 @@ def _batch():
             return jnp.sum(jnp.exp(a) * (a - b))
         return jnp.mean(jax.vmap(one)(obs))
 
-    scores = per_sample_grads(pi.log_prob, params, obs, actions)
-    G, unravel = ravel_per_sample(scores)
-    g = jax.grad(surrogate)(params)
-    g_flat = jax.flatten_util.ravel_pytree(g)[0]
-    nat_g = unravel(natural_gradient(G, g_flat, damping=1e-3))
+    @jax.jit
+    def directions(p):
+        G, unravel = ravel_per_sample(per_sample_grads(pi.log_prob, p, obs, actions))
+        g = jax.grad(surrogate)(p)
+        return g, unravel(natural_gradient(G, jax.flatten_util.ravel_pytree(g)[0], damping=1e-3))
+
+    g, nat_g = directions(params)
     return params, surrogate, kl, g, nat_g
 
 

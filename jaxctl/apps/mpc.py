@@ -4,7 +4,9 @@
 `mpc.png`.
 
 `--num-samples`, `--horizon` and `--iterations`, when given, override the
-task's defaults (with `--quick` too).
+task's defaults (with `--quick` too). `--devices N` splits Pendulum's
+parallel MPC episodes over N devices (the MuJoCo tasks step one gymnasium
+environment on the host).
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import jax
 
 import jaxctl.apps.common as _common
 import jaxctl.apps.plots as plots
-from jaxctl.apps.flags import integer, names
+from jaxctl.apps.flags import UsageError, integer, names
 import jaxctl.control.planners as mpc
 from jaxctl.experiments.mbrl import MBRLSettings, mujoco_settings, pendulum_settings
 from jaxctl.experiments.mbrl_mujoco import mujoco_experiment
 from jaxctl.experiments.mbrl_pendulum import pendulum_experiment
+from jaxctl.util.mesh import data_mesh
 
 TASK_NAMES = {"pendulum": "Pendulum-v1", "halfcheetah": "HalfCheetah-v5", "swimmer": "Swimmer-v5"}
 
@@ -48,12 +51,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data-aggregation iterations for every task (default 3; Swimmer 2; "
                              "--quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for keys and env resets")
+    parser.add_argument("--devices", type=integer(1), default=None,
+                        help="split Pendulum's parallel MPC episodes over N devices (N must "
+                             "divide them; fake CPU devices: "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
 
 
 def prepare(args: argparse.Namespace) -> None:
     """Resolves the task list (argparse has range-checked every flag)."""
     if args.tasks is None:
         args.tasks = ["pendulum", "halfcheetah"] if args.quick else list(TASK_NAMES)
+    if args.devices is not None:
+        available = len(jax.devices())
+        if args.devices > available:
+            raise UsageError(f"--devices {args.devices}: only {available} device(s) available")
+        episodes = task_settings("pendulum", args).mpc_episodes
+        if episodes % args.devices:
+            raise UsageError(f"--devices {args.devices} must divide Pendulum's {episodes} "
+                             "MPC episodes")
 
 
 def task_settings(task: str, args: argparse.Namespace) -> MBRLSettings:
@@ -81,7 +96,8 @@ def run(args: argparse.Namespace, out_dir: str) -> dict:
             print(f"{name}: K={cfg.num_samples} H={cfg.horizon}, MLP {cfg.hidden}")
             # --quick compares only the main planner (each planner is one more compile).
             planners = ("random_shooting",) if args.quick else ("random_shooting", "cem", "mppi")
-            results[name] = pendulum_experiment(cfg, k, planners)
+            mesh = None if args.devices is None else data_mesh(args.devices)
+            results[name] = pendulum_experiment(cfg, k, planners, mesh)
         else:
             print(f"{name}: {args.planner} K={cfg.num_samples} H={cfg.horizon}, MLP {cfg.hidden}, "
                   f"warm start {warm}")

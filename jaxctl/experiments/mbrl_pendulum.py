@@ -25,16 +25,56 @@ from jaxctl.experiments.mbrl import Buffer, MBRLSettings, ModelTrainer, fit, hel
     planner_budget
 import jaxctl.models.dynamics as dyn
 import jaxctl.models.dynamics_training as dyn_train
+from jaxctl.util.mesh import check_divisible, replicate, shard_along
 
 
-def pendulum_experiment(cfg: MBRLSettings, key: jax.Array, planners: tuple[str, ...]) -> dict:
+LOW, HIGH = -2.0, 2.0  # Pendulum-v1's torque limits
+
+
+def mpc_runner(cfg: MBRLSettings, name: str, env, env_params, mesh=None, axis: str = "data"):
+    """`run(model, keys) -> Episode`: one MPC episode per key with planner `name`, vmapped.
+
+    With a `mesh`, the episodes (keys) are split over its axis `axis` and the
+    model is replicated: each device plans and steps its own environments
+    (the candidates of one plan stay on one device).
+    """
+    num_samples, options = planner_budget(name, cfg.num_samples)
+    low, high = LOW * jnp.ones(1), HIGH * jnp.ones(1)
+    T, H = cfg.episode_steps, cfg.horizon
+
+    def run(model, k):
+        plan = jax.tree_util.Partial(dyn.dynamics_predict, model)
+
+        def policy(prev, obs, k):
+            res = mpc.PLANNERS[name](plan, mbrl_tasks.pendulum_reward, obs, k,
+                                     num_samples=num_samples, horizon=H,
+                                     action_low=low, action_high=high,
+                                     init_actions=prev, **options)
+            return res.actions[0], _sim.shift_actions(res.actions, 0.0)
+
+        return mbrl_tasks.gymnax_episode(env, env_params, policy, jnp.zeros((H, 1)), k, T)[0]
+
+    runner = jax.jit(jax.vmap(run, in_axes=(None, 0)))
+    if mesh is None:
+        return runner
+
+    def sharded(model, keys):
+        check_divisible("episodes", keys.shape[0], mesh, axis)
+        return runner(replicate(model, mesh), shard_along(keys, mesh, axis))
+
+    return sharded
+
+
+def pendulum_experiment(cfg: MBRLSettings, key: jax.Array, planners: tuple[str, ...],
+                        mesh=None) -> dict:
     """Random data, a model fit, `cfg.iterations` rounds of MPC episodes + refits with
-    `planners[0]`, then every planner on the final model; returns the figures."""
+    `planners[0]`, then every planner on the final model; returns the figures.
+    With a `mesh`, the `cfg.mpc_episodes` episodes are split over its devices."""
     import gymnax
 
     env, env_params = gymnax.make("Pendulum-v1")
-    low, high = -2.0 * jnp.ones(1), 2.0 * jnp.ones(1)
-    T, H = cfg.episode_steps, cfg.horizon
+    low, high = LOW * jnp.ones(1), HIGH * jnp.ones(1)
+    T = cfg.episode_steps
 
     def random_policy(c, obs, k):
         return jax.random.uniform(k, (1,), minval=low, maxval=high), c
@@ -43,21 +83,7 @@ def pendulum_experiment(cfg: MBRLSettings, key: jax.Array, planners: tuple[str, 
         lambda k: mbrl_tasks.gymnax_episode(env, env_params, random_policy, None, k, T)[0]))
 
     def make_mpc_runner(name):
-        num_samples, options = planner_budget(name, cfg.num_samples)
-
-        def run(model, k):
-            plan = jax.tree_util.Partial(dyn.dynamics_predict, model)
-
-            def policy(prev, obs, k):
-                res = mpc.PLANNERS[name](plan, mbrl_tasks.pendulum_reward, obs, k,
-                                         num_samples=num_samples, horizon=H,
-                                         action_low=low, action_high=high,
-                                         init_actions=prev, **options)
-                return res.actions[0], _sim.shift_actions(res.actions, 0.0)
-
-            return mbrl_tasks.gymnax_episode(env, env_params, policy, jnp.zeros((H, 1)), k, T)[0]
-
-        return jax.jit(jax.vmap(run, in_axes=(None, 0)))
+        return mpc_runner(cfg, name, env, env_params, mesh)
 
     keys = jax.random.split(key, 8)
     capacity = (cfg.random_episodes + cfg.iterations * cfg.mpc_episodes) * T
