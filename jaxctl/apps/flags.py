@@ -86,3 +86,14 @@ def names(choices: Sequence[str]) -> Callable[[str], list[str]]:
         return chosen
 
     return _converter(parse, "list")
+
+
+def check_devices(devices: int, divides: int, what: str) -> None:
+    """`--devices N`: at most the devices jax sees, and a divisor of the `divides` `what`."""
+    import jax
+
+    available = len(jax.devices())
+    if devices > available:
+        raise UsageError(f"--devices {devices}: only {available} device(s) available")
+    if divides % devices:
+        raise UsageError(f"--devices {devices} must divide the {divides} {what}")

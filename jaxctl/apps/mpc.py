@@ -20,7 +20,7 @@ import jax
 
 import jaxctl.apps.common as _common
 import jaxctl.apps.plots as plots
-from jaxctl.apps.flags import UsageError, integer, names
+from jaxctl.apps.flags import check_devices, integer, names
 import jaxctl.control.planners as mpc
 from jaxctl.experiments.mbrl import MBRLSettings, mujoco_settings, pendulum_settings
 from jaxctl.experiments.mbrl_mujoco import mujoco_experiment
@@ -62,13 +62,8 @@ def prepare(args: argparse.Namespace) -> None:
     if args.tasks is None:
         args.tasks = ["pendulum", "halfcheetah"] if args.quick else list(TASK_NAMES)
     if args.devices is not None:
-        available = len(jax.devices())
-        if args.devices > available:
-            raise UsageError(f"--devices {args.devices}: only {available} device(s) available")
-        episodes = task_settings("pendulum", args).mpc_episodes
-        if episodes % args.devices:
-            raise UsageError(f"--devices {args.devices} must divide Pendulum's {episodes} "
-                             "MPC episodes")
+        check_devices(args.devices, task_settings("pendulum", args).mpc_episodes,
+                      "MPC episodes of Pendulum")
 
 
 def task_settings(task: str, args: argparse.Namespace) -> MBRLSettings:

@@ -14,12 +14,11 @@ import argparse
 import os
 import sys
 
-import jax
 import numpy as np
 
 import jaxctl.apps.common as _common
 import jaxctl.apps.plots as plots
-from jaxctl.apps.flags import UsageError, integer, real
+from jaxctl.apps.flags import UsageError, check_devices, integer, real
 import jaxctl.envs.reach_task as rt
 from jaxctl.experiments.progress import Progress
 from jaxctl.experiments.reach_model import DEFAULT_ALPHA, ReachSettings
@@ -101,12 +100,8 @@ def prepare(args: argparse.Namespace) -> None:
     args.iterations = args.iterations or (40 if args.quick else 150)
     settings = settings_from_args(args)
     if args.devices is not None:
-        available = len(jax.devices())
-        if args.devices > available:
-            raise UsageError(f"--devices {args.devices}: only {available} device(s) available")
-        batch = settings.random_targets or settings.targets
-        if batch % args.devices:
-            raise UsageError(f"--devices {args.devices} must divide the {batch} targets per batch")
+        check_devices(args.devices, settings.random_targets or settings.targets,
+                      "targets per batch")
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out, the run folder to continue")
     ckpt = None if args.out is None else os.path.join(args.out, CHECKPOINT_NAME)

@@ -159,7 +159,7 @@ def _train_one(key, x, y, settings: TrainSettings):
 
 def train(data: DigitsData, settings: TrainSettings = TrainSettings(),
           seeds: Sequence[int] = (0,)) -> tuple[list[dict[str, jax.Array]], jax.Array]:
-    """Trains one network per seed in one jitted program (the seeds in a `lax.map`).
+    """Trains one network per seed in one jitted program (one `lax.map` over the training seeds).
 
     Returns the parameters with a leading seed axis and the mean training
     loss per epoch `(n_seeds, epochs)`.

@@ -36,8 +36,7 @@ from jax import lax
 
 from jaxctl.spiking.neurons import RectifiedLinear, SpikingRectifiedLinear
 from jaxctl.spiking.synapses import check_dt, check_tau, lowpass_decay, lowpass_step
-from jaxctl.util.checks import (PyTree, as_float, check_choice, check_positive_int, check_scalar,
-                                concrete_scalar)
+from jaxctl.util.checks import PyTree, as_float, check_choice, check_positive_int, static_float
 
 Params = Sequence[dict[str, jax.Array]]
 
@@ -179,10 +178,7 @@ def _per_layer(name: str, value: Any, n: int, check) -> tuple:
 
 
 def _check_scale(name, s):
-    if concrete_scalar(name, s) is None:
-        raise ValueError(f"{name} must be a concrete number > 0, got a traced value")
-    return float(check_scalar(name, s, low=0.0, low_open=True, high=float("inf"),
-                              high_open=True))
+    return static_float(name, s, low=0.0, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)

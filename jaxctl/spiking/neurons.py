@@ -38,22 +38,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxctl.util.checks import check_scalar, concrete_scalar
-
-
-def _static(name: str, value: Any, **interval) -> float:
-    if concrete_scalar(name, value) is None:
-        raise ValueError(f"{name} must be a concrete number (neuron parameters are static), "
-                         "got a traced value")
-    return float(check_scalar(name, value, **interval))
+from jaxctl.util.checks import static_float
 
 
 def _positive(name, value):
-    return _static(name, value, low=0.0, low_open=True, high=float("inf"), high_open=True)
+    return static_float(name, value, low=0.0, low_open=True)
 
 
 def _nonnegative(name, value):
-    return _static(name, value, low=0.0, high=float("inf"), high_open=True)
+    return static_float(name, value, low=0.0)
 
 
 def _floor_straight_through(v: jax.Array) -> jax.Array:
@@ -169,7 +162,7 @@ class LIF(LIFRate):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "min_voltage", _static("min_voltage", self.min_voltage,
+        object.__setattr__(self, "min_voltage", static_float("min_voltage", self.min_voltage,
                                                         high=1.0, high_open=True))
 
     def init_state(self, J, voltage=0.0):

@@ -26,24 +26,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxctl.util.checks import as_float, check_scalar, concrete_scalar
+from jaxctl.util.checks import as_float, static_float
 
 
 def check_tau(name: str, tau: Any) -> float | None:
     """A synapse time constant: `None` (pass-through) or a static number `>= 0`."""
-    if tau is None:
-        return None
-    if concrete_scalar(name, tau) is None:
-        raise ValueError(f"{name} must be None or a concrete number >= 0, got a traced value")
-    return float(check_scalar(name, tau, low=0.0, high=float("inf"), high_open=True))
+    return None if tau is None else static_float(name, tau, low=0.0)
 
 
 def check_dt(dt: Any) -> float:
     """The simulation step: a static number `> 0` (seconds)."""
-    if concrete_scalar("dt", dt) is None:
-        raise ValueError("dt must be a concrete number > 0, got a traced value")
-    return float(check_scalar("dt", dt, low=0.0, low_open=True, high=float("inf"),
-                              high_open=True))
+    return static_float("dt", dt, low=0.0, low_open=True)
 
 
 def lowpass_decay(tau: float | None, dt: float) -> float | None:

@@ -78,6 +78,20 @@ def check_scalar(name: str, value: Any, *, low: float | None = None,
     return value
 
 
+def static_float(name: str, value: Any, *, low: float | None = None, low_open: bool = False,
+                 high: float = float("inf"), high_open: bool = True) -> float:
+    """A concrete real scalar in the interval (as `check_scalar`) as a Python float.
+
+    For values that fix a program's structure (time steps, time constants,
+    neuron parameters): a traced value is rejected, not passed. The upper
+    end defaults to `< inf`.
+    """
+    if concrete_scalar(name, value) is None:
+        raise ValueError(f"{name} must be a concrete number (it is static), got a traced value")
+    return float(check_scalar(name, value, low=low, low_open=low_open, high=high,
+                              high_open=high_open))
+
+
 def check_positive(name: str, value: Any) -> Any:
     """`value > 0` (finite or inf), for a concrete scalar; traced values pass."""
     return check_scalar(name, value, low=0.0, low_open=True)
