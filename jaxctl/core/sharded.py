@@ -18,7 +18,7 @@ all-gathered T x T Gram matrix `G G^T`, was rejected on both counts:
 
 - accuracy: the Gram matrix squares the condition number (in float32 an
   eigenvalue at 1e-6 of the largest carries a ~10% error), while TSQR keeps
-  the ~1e-4 of `jaxctl.core.fisher`'s default `"svd"`;
+  the ~1e-4 of `jaxctl.core.fisher`'s default `"qr"` (one QR of G, too);
 - bytes moved: every entry of `G G^T` couples two devices' rows, so forming
   it moves all of `G` (T P floats) to every device; TSQR moves N P^2 floats,
   less whenever a device holds more than P samples (T / N >= P, which it
