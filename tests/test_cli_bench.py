@@ -33,3 +33,21 @@ def test_help_documents_every_command():
     sub = parser._subparsers._group_actions[0].choices["bench"].format_help()
     for flag in ("--out", "--quick", "--single-thread", "--sizes", "--repeats"):
         assert flag in sub
+
+
+def test_bench_suite_all_quick_checks_and_rates_every_kernel(tmp_path):
+    out = tmp_path / "suite"
+    assert main(["bench", "--suite", "all", "--quick", "--repeats", "1", "--out", str(out)]) == 0
+    with open(out / "results.json") as f:
+        results = json.load(f)["results"]
+    groups = {r["kernel"] for r in results["kernels"]}
+    assert groups == {"per-sample gradients", "NPG step (qr)", "FVP + CG", "Gauss-Newton product (arm)",
+                      "HF iteration (arm)", "planning step (random shooting)", "spiking network"}
+    assert len(results["matmul_gflops"]) == 2 and min(results["matmul_gflops"]) > 0
+    for r in results["kernels"]:
+        assert r["ms"] > 0 and r["compile_s"] > 0 and r["model_gflop"] > 0, r
+        assert 0 < r["fraction_of_matmul_rate"] == r["gflops"] / max(results["matmul_gflops"]), r
+        assert r["checks"], r  # each kernel's oracle ran and reported
+    step = next(r for r in results["kernels"] if r["kernel"] == "NPG step (qr)")
+    assert abs(step["checks"]["step_norm_over_delta"] - 1) < 1e-2
+    assert "fraction of matmul" in (out / "bench.md").read_text()

@@ -1,4 +1,4 @@
-"""`jaxctl bench`: the curvature benchmark.
+"""`jaxctl bench`: the curvature benchmark (`--suite all`: every headline kernel).
 
 Policy: MLP 4-32-32-2 tanh with a diagonal-Gaussian head (P = 1,284),
 T = 200 and 2,000 scores, float32. Three parts, each checked for
@@ -23,17 +23,22 @@ import time
 from typing import Any
 
 import jaxctl.apps.common as _common
+from jaxctl.apps.bench_suite import policy_batch
 from jaxctl.apps.flags import integer, real
 from jaxctl.experiments.progress import Progress
 
 POLICY_SIZES = (4, 32, 32, 2)
-METHODS = ("svd", "gram", "eigh", "cg")
+METHODS = ("qr", "svd", "gram", "eigh", "cg")
 CG_ITERS = 20
 ACCURATE_COSINE = 0.999
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `jaxctl bench`."""
+    parser.add_argument("--suite", choices=("curvature", "all"), default="curvature",
+                        help="curvature: the solver comparison against numpy (the flags below); "
+                             "all: every headline kernel on the default device, with its "
+                             "fraction of the matmul rate (see jaxctl/apps/bench_suite.py)")
     parser.add_argument("--sizes", type=integer(1), nargs="+", default=[200, 2000],
                         help="numbers of scores T to benchmark")
     parser.add_argument("--repeats", type=integer(1), default=30,
@@ -62,21 +67,6 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------ problem
-
-
-def _make_batch(key, sizes, T):
-    """Policy `sizes` (tanh MLP mean, log-std -0.5), T states, sampled actions, advantages."""
-    import jax
-
-    from jaxctl.models.policies import gaussian_policy
-
-    policy = gaussian_policy(sizes[0], sizes[-1], sizes[1:-1], output_scale=1.0, log_std_init=-0.5)
-    k_init, k_s, k_a, k_adv = jax.random.split(key, 4)
-    params = policy.init(k_init)
-    states = jax.random.normal(k_s, (T, sizes[0]))
-    actions = jax.vmap(lambda s, k: policy.sample(params, k, s))(states, jax.random.split(k_a, T))
-    advantages = jax.random.normal(k_adv, (T,))
-    return policy.log_prob, params, states, actions, advantages
 
 
 def _reference_direction(G, g, rtol):
@@ -109,7 +99,7 @@ def bench_per_sample(T: int, args, progress) -> dict[str, Any]:
 
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 
-    log_prob, params, states, actions, _ = _make_batch(jax.random.PRNGKey(args.seed), POLICY_SIZES, T)
+    log_prob, params, states, actions, _ = policy_batch(jax.random.PRNGKey(args.seed), POLICY_SIZES, T)
     scores = jax.jit(lambda p, s, a: ravel_per_sample(per_sample_grads(log_prob, p, s, a))[0])
     mean_grad = jax.jit(jax.grad(lambda p, s, a: jnp.mean(jax.vmap(log_prob, (None, 0, 0))(p, s, a))))
     compile_scores = _common.compile_seconds(scores, params, states, actions)
@@ -202,7 +192,7 @@ def bench_npg_step(T: int, args, progress) -> dict[str, Any]:
 
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 
-    log_prob, params, states, actions, advantages = _make_batch(
+    log_prob, params, states, actions, advantages = policy_batch(
         jax.random.PRNGKey(args.seed + 1), POLICY_SIZES, T)
     scores = jax.jit(lambda p, s, a: ravel_per_sample(per_sample_grads(log_prob, p, s, a))[0])
     G = scores(params, states, actions)
@@ -248,7 +238,7 @@ def bench_matrix_free(args, progress) -> list[dict[str, Any]]:
     rows = []
     for width in args.wide_hidden:
         sizes = (4, width, width, width, 2)
-        log_prob, params, states, actions, advantages = _make_batch(
+        log_prob, params, states, actions, advantages = policy_batch(
             jax.random.PRNGKey(args.seed + 2), sizes, args.wide_T)
         P = ravel_pytree(params)[0].size
 
@@ -296,9 +286,34 @@ def bench_matrix_free(args, progress) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- run
 
 
+def run_all(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """`--suite all`: writes bench.md and returns the records for results.json."""
+    import os
+
+    from jaxctl.apps import bench_suite
+
+    bar = Progress(bench_suite.suite_size(args.quick), desc="bench suite")
+    done = [0]
+
+    def progress():
+        done[0] += 1
+        bar.update(done[0])
+
+    start = time.perf_counter()
+    result = bench_suite.run_suite(args.quick, args.repeats, progress)
+    bar.close()
+    report = bench_suite.report(result)
+    print(report)
+    with open(os.path.join(out_dir, "bench.md"), "w") as f:
+        f.write(report + "\n")
+    return {**result, "total_seconds": time.perf_counter() - start}
+
+
 def run(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     import os
 
+    if args.suite == "all":
+        return run_all(args, out_dir)
     tasks = 2 * len(args.sizes) + len(args.wide_hidden)
     bar = Progress(tasks, desc="bench")
     done = [0]
