@@ -47,7 +47,8 @@ from jaxctl.core.sharded import (
     sharded_scores,
 )
 from jaxctl.util.mesh import data_mesh, replicate, shard_along
-from jaxctl.control.planners import PlanResult, cem, jit_planner, mppi, random_shooting
+from jaxctl.control.planners import PlanResult, cem, mppi, random_shooting
+from jaxctl.control.planning import jit_planner
 from jaxctl.control.simulate import shift_actions
 from jaxctl.models.dynamics import (
     DynamicsModel,

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxctl.control.planners import PLANNERS, jit_planner
+from jaxctl.control.planners import PLANNERS
+from jaxctl.control.planning import jit_planner
 from jaxctl.core.fisher import fisher_operator, fisher_vector_product, natural_gradient
 from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 from jaxctl.core.sharded import (

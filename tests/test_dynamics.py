@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxctl.control import planners as mpc
+from jaxctl.control import planning
 from jaxctl.models import dynamics as dyn
 from jaxctl.models import dynamics_training as dyt
 from jaxctl.util import checks
@@ -138,7 +138,7 @@ def test_rows_past_count_are_ignored():
 
 
 def test_trained_model_plugs_into_a_jitted_planner_without_recompiling():
-    plan = mpc.jit_planner("random_shooting", num_samples=32, horizon=4)
+    plan = planning.jit_planner("random_shooting", num_samples=32, horizon=4)
     reward = lambda s, a, s2: -jnp.sum(s2 ** 2)
     for model in (_fit("linear", (16,))[0], _fit("linear", (16,), noise_std=0.3)[0]):
         res = plan(jax.tree_util.Partial(dyn.dynamics_predict, model), reward, jnp.ones(N),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxctl.control import candidates, planners
+from jaxctl.control import candidates, planners, planning
 from jaxctl.control.simulate import carry_zero, rollout, shift_actions, simulate
 
 LOW, HIGH = -jnp.ones(1), jnp.ones(1)
@@ -59,7 +59,7 @@ def test_mppi_with_tiny_temperature_returns_the_best_candidate(reward_scale):
 
     key = jax.random.PRNGKey(1)
     res = _plan("mppi", integrator, reward, jnp.zeros(1), key, temperature=1e-30,
-                num_samples=32)
+                num_samples=32, num_iterations=1)
     assert np.all(np.isfinite(res.actions))
     # Oracle: the best of the same candidates (mppi draws N(0, 1) around the middle).
     eps = jax.random.normal(jax.random.split(key, 1)[0], (32, 3, 1))
@@ -89,14 +89,14 @@ def test_non_finite_warm_start_entries_restart_from_the_middle():
     ([jnp.nan], [1.0]), ([-1.0], [jnp.inf]), ([1.0], [-1.0]), ([], []),
 ])
 def test_jit_planner_checks_concrete_bounds(low, high):
-    plan = planners.jit_planner("mppi", num_samples=4, horizon=2)
+    plan = planning.jit_planner("mppi", num_samples=4, horizon=2)
     with pytest.raises(ValueError, match="action_low"):
         plan(integrator, quadratic, jnp.zeros(1), jax.random.PRNGKey(0),
              action_low=np.asarray(low), action_high=np.asarray(high))
 
 
 def test_jit_planner_accepts_bounds_as_lists():
-    plan = planners.jit_planner("random_shooting", num_samples=8, horizon=2)
+    plan = planning.jit_planner("random_shooting", num_samples=8, horizon=2)
     key = jax.random.PRNGKey(3)
     from_lists = plan(integrator, quadratic, jnp.ones(1), key, action_low=[-1.0],
                       action_high=[1.0])

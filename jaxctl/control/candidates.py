@@ -174,3 +174,14 @@ def weighted_sum(w, candidates, mesh=None, axis="data"):
 
 def count_finite(scores):
     return jnp.sum(jnp.isfinite(scores)).astype(jnp.int32)
+
+
+def finite_std(scores):
+    """Standard deviation of the finite scores; 1 when it is 0 or undefined (fewer than 2)."""
+    ok = jnp.isfinite(scores)
+    n = jnp.sum(ok)
+    x = jnp.where(ok, scores, 0.0)
+    mean = jnp.sum(x) / jnp.maximum(n, 1)
+    var = jnp.sum(jnp.where(ok, (x - mean) ** 2, 0.0)) / jnp.maximum(n, 1)
+    std = jnp.sqrt(var)
+    return jnp.where((n > 1) & (std > 0) & jnp.isfinite(std), std, jnp.ones_like(std))

@@ -21,10 +21,10 @@ Rollouts, `simulate` and `shift_actions` live in `jaxctl.control.simulate`.
 
 Jitting: either close over everything static,
 `jax.jit(partial(random_shooting, dynamics, reward, num_samples=1000,
-horizon=10, action_low=lo, action_high=hi))`, or use `jit_planner`, which
-passes `dynamics` / `reward` as pytrees (`jax.tree_util.Partial`) so a model
-whose parameters change (a learned dynamics model after retraining) reuses
-the compiled planner.
+horizon=10, action_low=lo, action_high=hi))`, or use
+`jaxctl.control.planning.jit_planner`, which passes `dynamics` / `reward` as
+pytrees so a retrained model reuses the compiled planner, and plans for N
+states in one call.
 
 References:
   Nagabandi, Kahn, Fearing, Levine (2018), "Neural network dynamics for
@@ -40,11 +40,10 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import Mesh
 
@@ -164,13 +163,17 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         axis: str = "data") -> PlanResult:
     """Cross-entropy-method MPC: refit a Gaussian to the elite sequences.
 
-    For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
-    `eps_k ~ N(0, 1)`; the `E` best by `R(U_k)` (finite ones only) give
-    `mu <- a mu + (1 - a) mean(elites)`, `sigma <- a sigma + (1 - a) std(elites)`
-    with smoothing `a`. `mu` starts at `init_actions` (the shifted previous
+    For `i = 1..I`: `Z_k = mu + sigma * eps_k`, `eps_k ~ N(0, 1)`, scored as
+    `U_k = clip(Z_k, low, high)`; the draws `Z_k` of the `E` best by `R(U_k)`
+    (finite ones only) give `mu <- a mu + (1 - a) mean(elites)`,
+    `sigma <- a sigma + (1 - a) std(elites)` with smoothing `a`. Refitting
+    the unclipped draws lets `mu` reach a bound (a mean of clipped draws
+    stays inside it, short of an optimum on the bound); the plan is
+    `clip(mu)`. `mu` starts at `init_actions` (the shifted previous
     plan) or the middle of the bounds, `sigma` at `init_std * (high - low) / 2`.
-    Returns the better of the best sequence sampled in any iteration and the
-    final mean.
+    Returns the final mean, not the best sequence sampled: the mean
+    averages out the model's errors that a single best sample exploits
+    (mbrl-lib measured that it "increases performance significantly").
 
     Args:
       dynamics, reward, state, key, num_samples, horizon, action_low,
@@ -217,12 +220,12 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
     dtype = state.dtype
 
     def iteration(carry, k):
-        mean, std, best_u, best_r, _ = carry
+        mean, std, _ = carry
         eps = jax.random.normal(k, (K,) + mean.shape, dtype)
-        cand = jnp.clip(mean + std * eps, low, high)
-        scores = _cand.scores(dynamics, reward, state, cand, chunk, mesh, axis)
+        latent = mean + std * eps
+        scores = _cand.scores(dynamics, reward, state, jnp.clip(latent, low, high), chunk, mesh, axis)
         elite_r, idx = lax.top_k(scores, E)
-        elites = _cand.take_rows(cand, idx, mesh, axis)
+        elites = _cand.take_rows(latent, idx, mesh, axis)
         # Only finite elites count; if none is finite the distribution stays put.
         w = jnp.isfinite(elite_r).astype(dtype)
         n_ok = jnp.sum(w)
@@ -233,32 +236,29 @@ def cem(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
         e_std = jnp.where(n_ok > 0, e_std, std)
         new_mean = smoothing * mean + (1 - smoothing) * e_mean
         new_std = jnp.maximum(smoothing * std + (1 - smoothing) * e_std, floor)
-        improved = elite_r[0] > best_r
-        best_u = jnp.where(improved, elites[0], best_u)
-        best_r = jnp.where(improved, elite_r[0], best_r)
-        return (new_mean, new_std, best_u, best_r, _cand.count_finite(scores)), None
+        return (new_mean, new_std, _cand.count_finite(scores)), None
 
     keys = jax.random.split(key, num_iterations)
     zero = _sim.carry_zero(state, mean, dtype=dtype)
-    init = (mean + zero, std + zero, mean + zero, zero - jnp.inf, zero.astype(jnp.int32))
-    (mean, _, best_u, best_r, n_finite), _ = lax.scan(iteration, init, keys)
-    mean_r = _cand.score_one(dynamics, reward, state, mean)
-    actions = jnp.where(mean_r >= best_r, mean, best_u)
-    return _result(dynamics, reward, state, actions, n_finite)
+    init = (mean + zero, std + zero, zero.astype(jnp.int32))
+    (mean, _, n_finite), _ = lax.scan(iteration, init, keys)
+    return _result(dynamics, reward, state, jnp.clip(mean, low, high), n_finite)
 
 
 def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *,
          num_samples: int, horizon: int, action_low: jax.Array, action_high: jax.Array,
-         init_actions: jax.Array | None = None, num_iterations: int = 1,
-         noise_std: float = 0.5, temperature: float = 1.0,
+         init_actions: jax.Array | None = None, num_iterations: int = 5,
+         noise_std: float = 0.5, temperature: float = 0.1,
          chunk_size: int | None = None, mesh: Mesh | None = None,
          axis: str = "data") -> PlanResult:
     """Model-predictive path-integral control: a reward-weighted average of perturbed plans.
 
     For `i = 1..I`: `U_k = clip(mu + sigma * eps_k, low, high)`,
-    `w_k = exp((R(U_k) - max_j R(U_j)) / lambda) / Z` (non-finite rollouts
-    get weight 0), `mu <- sum_k w_k U_k`, with `sigma = noise_std * (high - low) / 2`
-    and temperature `lambda`. `mu` starts at `init_actions` (the shifted
+    `w_k = exp((R(U_k) - max_j R(U_j)) / (lambda s)) / Z` (non-finite
+    rollouts get weight 0), `mu <- sum_k w_k U_k`, with
+    `sigma = noise_std * (high - low) / 2`, `s` the standard deviation of the
+    finite sampled returns and the temperature `lambda` relative to it, so
+    the weights do not depend on the units of the reward. `mu` starts at `init_actions` (the shifted
     previous plan) or the middle of the bounds. Returns `mu` and its rollout.
 
     Args:
@@ -267,8 +267,10 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
         `random_shooting` (the weighted sum is local sums plus an all-reduce).
       num_iterations: I >= 1 updates of the mean per call (static).
       noise_std: exploration standard deviation as a fraction of the half range.
-      temperature: lambda > 0; small values approach "pick the best",
-        large values average all candidates. In units of the return.
+      temperature: lambda > 0, in standard deviations of the sampled
+        returns: small values approach "pick the best", large values average
+        all candidates (0.1 weights a candidate one deviation below the best
+        by e^-10).
 
     Returns:
       `PlanResult` of the final mean; `num_finite` counts finite candidates
@@ -310,7 +312,7 @@ def mppi(dynamics: Dynamics, reward: Reward, state: jax.Array, key: jax.Array, *
         # inf - inf. -inf scores get weight 0; with no finite score keep the old
         # mean instead of the 0/0 of a softmax over all -inf.
         shifted = jnp.where(n_finite > 0, scores - jnp.max(scores), 0.0)
-        w = jax.nn.softmax(shifted / jnp.asarray(temperature, dtype))
+        w = jax.nn.softmax(shifted / (jnp.asarray(temperature, dtype) * _cand.finite_std(scores)))
         new_mean = _cand.weighted_sum(w, cand, mesh, axis)
         return (jnp.where(n_finite > 0, new_mean, mean), n_finite), None
 
@@ -325,64 +327,3 @@ PLANNERS: dict[str, Callable[..., PlanResult]] = {
     "cem": cem,
     "mppi": mppi,
 }
-
-
-def jit_planner(planner: Callable[..., PlanResult] | str, *, num_samples: int, horizon: int,
-                **options: Any) -> Callable[..., PlanResult]:
-    """A jitted planner whose model and task are arguments, so new model parameters never recompile.
-
-    `plan(dynamics, reward, state, key, *, action_low, action_high,
-    init_actions=None)` calls `planner` under one `jax.jit` with the static
-    configuration (`num_samples`, `horizon`, `options`) fixed. `dynamics` and
-    `reward` are passed as pytrees: a `jax.tree_util.Partial(fn, params)`
-    traces `params` (retrained weights reuse the compiled code as long as
-    `fn` and the shapes stay the same); a plain function is wrapped in a
-    `Partial` with no arguments (compiled once per function object). Bounds
-    (arrays or lists) are checked here, before tracing: finite, `(m,)`,
-    `low <= high`.
-
-    Args:
-      planner: `random_shooting`, `cem`, `mppi` or one of their names.
-      num_samples: K >= 1 (static).
-      horizon: H >= 1 (static).
-      **options: further static keyword options of the planner
-        (e.g. `num_iterations`, `num_elites`, `temperature`, `chunk_size`).
-
-    Returns:
-      `plan(dynamics, reward, state, key, *, action_low, action_high,
-      init_actions=None) -> PlanResult`.
-
-    Example:
-      >>> plan = jit_planner("cem", num_samples=128, horizon=10)
-      >>> model = jax.tree_util.Partial(lambda a, x, u: a * x + u, jnp.float32(0.9))
-      >>> res = plan(model, lambda x, u, y: -y @ y, jnp.ones(1), jax.random.PRNGKey(0),
-      ...            action_low=-jnp.ones(1), action_high=jnp.ones(1))
-
-    References:
-      Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596.
-    """
-    if isinstance(planner, str):
-        if planner not in PLANNERS:
-            raise ValueError(f"planner must be one of {sorted(PLANNERS)}, got {planner!r}")
-        planner = PLANNERS[planner]
-    checks.check_positive_int("num_samples", num_samples)
-    checks.check_positive_int("horizon", horizon)
-    jitted = jax.jit(functools.partial(planner, num_samples=num_samples, horizon=horizon,
-                                       **options))
-
-    def plan(dynamics, reward, state, key, *, action_low, action_high, init_actions=None):
-        # Bounds become arrays here (a list would reach the jitted planner as a list of
-        # tracers) and are checked while still concrete; inside `jit` they are traced.
-        action_low, action_high = jnp.asarray(action_low), jnp.asarray(action_high)
-        if checks.is_concrete(action_low) and checks.is_concrete(action_high):
-            _cand.check_bounds(action_low, action_high)
-        return jitted(_as_pytree(dynamics), _as_pytree(reward), state, key,
-                      action_low=action_low, action_high=action_high,
-                      init_actions=init_actions)
-
-    plan.jitted = jitted  # exposed for compile-count checks and AOT lowering
-    return plan
-
-
-def _as_pytree(fn: Callable) -> jax.tree_util.Partial:
-    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
