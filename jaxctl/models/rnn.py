@@ -182,6 +182,24 @@ def _edge(pre: int, post: int) -> str:
     return f"{pre}->{post}"
 
 
+def _concat(parts: list[jax.Array]) -> jax.Array:
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _layer_weights(spec: RNNSpec, params: PyTree) -> tuple[dict, dict]:
+    """Per layer `l >= 1`: its sources `[p for p -> l]` and the stacked matrix
+    `[W_{p,l}; ...; W_{l,l}]` (recurrent block last), so that
+    `sum_p a_p W_{p,l} + a_l(t-1) W_{l,l} = [a_p, ..., a_l(t-1)] @ stacked`."""
+    back = _incoming(spec)
+    weights = {}
+    for l in range(1, len(spec.sizes)):
+        blocks = [params["w"][_edge(p, l)] for p in back[l]]
+        if l in spec.recurrent:
+            blocks.append(params["rec"][str(l)])
+        weights[l] = jnp.concatenate(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+    return back, weights
+
+
 def rnn_init(key: jax.Array, spec: RNNSpec, *, scale: float = 1.0,
              recurrent_scale: float = 1.0, dtype=jnp.float32) -> dict[str, dict[str, jax.Array]]:
     """Initialises the weights of `spec`.
@@ -302,38 +320,41 @@ def rnn_apply(spec: RNNSpec, params: PyTree, inputs: jax.Array | None = None,
         raise ValueError(f"layer 0 has {spec.sizes[0]} units but receives {n_x} inputs + "
                          f"{n_obs} observed plant-state entries")
 
-    back = _incoming(spec)
     acts = [ACTIVATIONS[name] for name in spec.activations]
     rec_layers = spec.recurrent
-    n_layers = len(spec.sizes)
+    sources, weights = _layer_weights(spec, params)
 
-    def step(carry, x_t):
-        rec_in, state = carry
+    def step(carry, xs):
+        prev, state = carry
+        x_t, first = xs
         parts = [] if x_t is None else [x_t]
         if spec.plant is not None:
             parts.append(spec.observe(state).astype(net_dtype))
         layer = [acts[0](jnp.concatenate(parts))]
-        for l in range(1, n_layers):
-            z = params["b"][str(l)]
-            for pre in back[l]:
-                z = z + layer[pre] @ params["w"][_edge(pre, l)]
+        for l in range(1, len(spec.sizes)):
+            # One matmul per layer over [a_p(t) for p -> l, a_l(t-1)]: fewer,
+            # larger kernels per time step, which is what the closed loop's
+            # latency (and the linearised loops of CG) is made of.
+            feed = [layer[p] for p in sources[l]] + ([prev[str(l)]] if l in rec_layers else [])
+            z = _concat(feed) @ weights[l] + params["b"][str(l)]
             if l in rec_layers:
-                z = z + rec_in[str(l)]
+                z = z + first * params["h0"][str(l)]
             layer.append(acts[l](z))
-        next_rec = {str(l): layer[l] @ params["rec"][str(l)] for l in rec_layers}
         u = layer[-1]
         new_state = None
         if spec.plant is not None:
             # The (float) initial state fixes the carry dtype (float32 plant, float64 net, ...).
             new_state = jax.tree.map(lambda n, o: n.astype(o.dtype), spec.plant(state, u), state)
         hidden = tuple(layer[l] for l in rec_layers) if return_hidden else None
-        return (next_rec, new_state), (u, new_state, hidden)
+        return ({str(l): layer[l] for l in rec_layers}, new_state), (u, new_state, hidden)
 
     # Carries typed after every input (dtype, shard_map axes, sharding): the step mixes
     # parameters, inputs and plant state, so its carry out has all their types.
+    # a_l(-1) = 0, so the recurrent block adds nothing at t = 0, where h0 enters instead.
     zero = carry_zero(*jax.tree.leaves((params, inputs, plant_state)))
-    init = ({str(l): params["h0"][str(l)] + zero.astype(params["h0"][str(l)].dtype)
+    init = ({str(l): jnp.zeros_like(params["h0"][str(l)]) + zero.astype(params["h0"][str(l)].dtype)
              for l in rec_layers},
             jax.tree.map(lambda leaf: leaf + zero.astype(leaf.dtype), plant_state))
-    _, (u, states, hidden) = lax.scan(step, init, inputs, length=length)
+    first = (jnp.arange(length) == 0).astype(net_dtype)[:, None]
+    _, (u, states, hidden) = lax.scan(step, init, (inputs, first), length=length)
     return RNNOutputs(outputs=u, plant_states=states, hidden=hidden)
