@@ -20,7 +20,12 @@ repeat), single thread on both sides.
   final hand error is the definition-free figure.
 - Also: the cost of one Gauss-Newton product `G v` (forward pass, `J v`,
   loss Hessian, `J^T u`, all through the closed loop) over the cost of one
-  gradient, interleaved minimum of many repeats.
+  gradient, interleaved minimum of many repeats; and the cost of one product
+  inside CG (`matvec` of a model linearised once, as every HF iteration
+  uses it: no forward pass), the minimum over repeats of 40 products.
+- Per CG step, on both sides: the median seconds per iteration over the mean
+  CG steps per iteration (everything an iteration does, spread over its CG
+  steps), and the ratios per iteration, per CG step and per product.
 
 Correctness first: before timing, the jaxctl gradient is checked against a
 central finite difference of the closed-loop loss.
@@ -112,6 +117,25 @@ def main(argv=None) -> int:
           f"ratio {gn_ms / grad_ms:.2f}")
     del linearised, gn
 
+    @jax.jit
+    def cg_products(p, vec):
+        # 40 products of one linearisation: the cost of a CG step's curvature.
+        mv = gauss_newton_model(model, lossfn, p).matvec
+        return jax.lax.fori_loop(0, 40, lambda i, x: jax.tree.map(lambda a: 1e-3 * a, mv(x)), vec)
+
+    @jax.jit
+    def one_product(p, vec):
+        return jax.lax.fori_loop(0, 1, lambda i, x: jax.tree.map(
+            lambda a: 1e-3 * a, gauss_newton_model(model, lossfn, p).matvec(x)), vec)
+
+    for fn in (cg_products, one_product):
+        _common.block(fn(state.params, v))
+    t = _common.interleaved_min_seconds({"40": lambda: cg_products(state.params, v),
+                                         "1": lambda: one_product(state.params, v)},
+                                        repeats=10, min_total=3.0)
+    cg_product_ms = 1e3 * (t["40"] - t["1"]) / 39
+    print(f"Gauss-Newton product inside CG (linearised once): {cg_product_ms:.3f} ms")
+
     # --- jaxctl HF iterations
     compile_s = trainer.compile(state)
     seconds, losses, cg = [], [], []
@@ -140,6 +164,8 @@ def main(argv=None) -> int:
         "gradient_ms": grad_ms,
         "gauss_newton_product_ms": gn_ms,
         "gn_over_gradient": gn_ms / grad_ms,
+        "cg_product_ms": cg_product_ms,
+        "ms_per_cg_step": 1e3 * float(np.median(seconds)) / float(np.mean(cg)),
         "gradient_check": {"g_dot_v": slope, "central_difference": fd},
     }
     print(f"jaxctl: {jax_res['seconds_per_iteration_median'] * 1e3:.1f} ms/iteration (median), "
@@ -169,26 +195,35 @@ def main(argv=None) -> int:
                     hf_res = json.load(fh)
 
     rows = [["jaxctl", jax_res["seconds_per_iteration_median"], jax_res["seconds_per_iteration_min"],
-             float(np.mean(cg)), jax_res["loss_initial"], jax_res["loss_after_iterations"],
-             jax_res["final_hand_error_mm_mean"], jax_res["gn_over_gradient"]]]
-    speedup = None
+             float(np.mean(cg)), jax_res["ms_per_cg_step"], jax_res["loss_initial"],
+             jax_res["loss_after_iterations"], jax_res["final_hand_error_mm_mean"],
+             jax_res["gn_over_gradient"]]]
+    speedup, ratios = None, None
     if hf_res is not None:
+        hf_res["ms_per_cg_step"] = (1e3 * hf_res["seconds_per_iteration_median"]
+                                    / float(np.mean(hf_res["cg_steps"])))
         rows.append(["hessianfree 0.4.0", hf_res["seconds_per_iteration_median"],
                      hf_res["seconds_per_iteration_min"], float(np.mean(hf_res["cg_steps"])),
-                     hf_res["loss_initial"], hf_res["loss_after_iterations"],
-                     hf_res["final_hand_error_mm_mean"],
+                     hf_res["ms_per_cg_step"], hf_res["loss_initial"],
+                     hf_res["loss_after_iterations"], hf_res["final_hand_error_mm_mean"],
                      hf_res["gauss_newton_product_ms"] / hf_res["gradient_ms"]])
         speedup = hf_res["seconds_per_iteration_median"] / jax_res["seconds_per_iteration_median"]
+        ratios = {"per_iteration": speedup,
+                  "per_cg_step": hf_res["ms_per_cg_step"] / jax_res["ms_per_cg_step"],
+                  "per_gauss_newton_product": hf_res["gauss_newton_product_ms"] / cg_product_ms}
     load1 = os.getloadavg()
     print()
     print(_common.markdown_table(
-        ["", "s/iteration (median)", "s/iteration (min)", "CG steps (mean)", "loss at start",
-         f"loss after {args.iters}", "mean hand error (mm)", "GN product / gradient"], rows))
+        ["", "s/iteration (median)", "s/iteration (min)", "CG steps (mean)", "ms/CG step",
+         "loss at start", f"loss after {args.iters}", "mean hand error (mm)", "GN product / gradient"], rows))
     if speedup is not None:
-        print(f"\njaxctl is {speedup:.1f}x faster per HF iteration (median); load average "
-              f"{load0[0]:.1f} -> {load1[0]:.1f}")
+        print(f"\njaxctl is {speedup:.1f}x faster per HF iteration (median), "
+              f"{ratios['per_cg_step']:.1f}x per CG step ({jax_res['ms_per_cg_step']:.2f} vs "
+              f"{hf_res['ms_per_cg_step']:.2f} ms), {ratios['per_gauss_newton_product']:.1f}x per "
+              f"Gauss-Newton product ({cg_product_ms:.2f} vs {hf_res['gauss_newton_product_ms']:.2f} "
+              f"ms); load average {load0[0]:.1f} -> {load1[0]:.1f}")
     results = {"settings": vars(args), "jaxctl": jax_res, "hessianfree": hf_res,
-               "speedup_per_iteration_median": speedup,
+               "speedup_per_iteration_median": speedup, "speedups": ratios,
                "load_average_start": load0, "load_average_end": load1,
                "environment": _common.environment_info()}
     if args.out:

@@ -122,6 +122,54 @@ def test_gradient_is_the_exact_closed_loop_gradient(trainer):
     assert float(vgv) >= 0  # G is positive semi-definite on the closed loop
 
 
+
+def test_dense_tangent_arm_has_the_arms_derivatives():
+    """`dense_tangent_step(arm.step)`: the same values, and `jacfwd` / `jacrev`
+    equal to the plain arm's (the dense step Jacobian is formed from it), also
+    beyond the squashing bound and under vmap."""
+    import jaxctl.envs.arm as arm
+
+    f = closed_loop.dense_tangent_step(arm.step)
+    key = jax.random.PRNGKey(11)
+    x = jax.random.normal(key, (5, 4), F32) * jnp.array([1.0, 1.0, 3.0, 9.0], F32)
+    u = jax.random.normal(jax.random.fold_in(key, 1), (5, 2), F32)
+    np.testing.assert_array_equal(jax.vmap(f)(x, u), jax.vmap(arm.step)(x, u))
+    for jac in (jax.jacfwd, jax.jacrev):
+        got = jax.vmap(jac(f, argnums=(0, 1)))(x, u)
+        want = jax.vmap(jac(arm.step, argnums=(0, 1)))(x, u)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=TOL, atol=TOL)
+
+
+def test_gauss_newton_product_matches_dense_jt_h_j(trainer):
+    """The reach model's Gauss-Newton product (stacked-weight RNN step, dense
+    tangent arm) equals `J^T H_L J v` built densely: `J` by `jax.jacfwd` of the
+    flattened model, `H_L` by `jax.hessian` of the loss on the outputs."""
+    from jax.flatten_util import ravel_pytree
+
+    batch = trainer.exp.make_batch(trainer.key, 0)
+    batch = {"target": batch["target"][:2]}
+    params = trainer.initial_state().params
+    flat, unravel = ravel_pytree(params)
+    model = lambda p: reach.closed_loop_batch(p, TINY, batch)
+    lossfn = lambda out: reach.batch_loss(out, batch, TINY)
+    out_flat = lambda w: ravel_pytree(model(unravel(w)))[0]
+    _, unravel_out = ravel_pytree(model(params))
+    v = jax.random.normal(jax.random.PRNGKey(5), flat.shape, flat.dtype)
+
+    @jax.jit
+    def both(w, v):
+        jac = jax.jacfwd(out_flat)(w)
+        hess = jax.hessian(lambda z: lossfn(unravel_out(z)))(out_flat(w))
+        dense = jac.T @ (hess @ (jac @ v))
+        gv = ravel_pytree(gauss_newton_model(model, lossfn, unravel(w)).matvec(unravel(v)))[0]
+        return gv, dense
+
+    gv, dense = both(flat, v)
+    scale = float(jnp.max(jnp.abs(dense)))
+    np.testing.assert_allclose(gv, dense, rtol=0, atol=TOL * scale)
+
+
 def test_training_reduces_loss_and_hand_error(trainer, trained):
     s0, s16 = trained
     before = trainer.evaluate(s0.params)
