@@ -133,33 +133,38 @@ def test_dense_tangent_arm_has_the_arms_derivatives():
     key = jax.random.PRNGKey(11)
     x = jax.random.normal(key, (5, 4), F32) * jnp.array([1.0, 1.0, 3.0, 9.0], F32)
     u = jax.random.normal(jax.random.fold_in(key, 1), (5, 2), F32)
-    np.testing.assert_array_equal(jax.vmap(f)(x, u), jax.vmap(arm.step)(x, u))
-    for jac in (jax.jacfwd, jax.jacrev):
-        got = jax.vmap(jac(f, argnums=(0, 1)))(x, u)
-        want = jax.vmap(jac(arm.step, argnums=(0, 1)))(x, u)
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, rtol=TOL, atol=TOL)
+
+    @jax.jit
+    def values_and_jacobians(x, u):
+        return [(jax.vmap(g)(x, u), jax.vmap(jax.jacfwd(g, argnums=(0, 1)))(x, u),
+                 jax.vmap(jax.jacrev(g, argnums=(0, 1)))(x, u)) for g in (f, arm.step)]
+
+    (value, fwd, rev), (value_ref, fwd_ref, rev_ref) = values_and_jacobians(x, u)
+    np.testing.assert_allclose(value, value_ref, rtol=TOL, atol=TOL)
+    for got, want in zip(fwd + rev, fwd_ref + fwd_ref):
+        np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(rev_ref[0], fwd_ref[0], rtol=TOL, atol=TOL)
 
 
 def test_gauss_newton_product_matches_dense_jt_h_j(trainer):
     """The reach model's Gauss-Newton product (stacked-weight RNN step, dense
-    tangent arm) equals `J^T H_L J v` built densely: `J` by `jax.jacfwd` of the
+    tangent arm) equals `J^T H_L J v` built densely: `J` by `jax.jacrev` of the
     flattened model, `H_L` by `jax.hessian` of the loss on the outputs."""
     from jax.flatten_util import ravel_pytree
 
-    batch = trainer.exp.make_batch(trainer.key, 0)
-    batch = {"target": batch["target"][:2]}
+    short = TINY._replace(steps=4)  # 4 steps keep the dense Jacobian small
+    batch = {"target": trainer.exp.make_batch(trainer.key, 0)["target"][:1, :4]}
     params = trainer.initial_state().params
     flat, unravel = ravel_pytree(params)
-    model = lambda p: reach.closed_loop_batch(p, TINY, batch)
-    lossfn = lambda out: reach.batch_loss(out, batch, TINY)
+    model = lambda p: reach.closed_loop_batch(p, short, batch)
+    lossfn = lambda out: reach.batch_loss(out, batch, short)
     out_flat = lambda w: ravel_pytree(model(unravel(w)))[0]
     _, unravel_out = ravel_pytree(model(params))
     v = jax.random.normal(jax.random.PRNGKey(5), flat.shape, flat.dtype)
 
     @jax.jit
     def both(w, v):
-        jac = jax.jacfwd(out_flat)(w)
+        jac = jax.jacrev(out_flat)(w)
         hess = jax.hessian(lambda z: lossfn(unravel_out(z)))(out_flat(w))
         dense = jac.T @ (hess @ (jac @ v))
         gv = ravel_pytree(gauss_newton_model(model, lossfn, unravel(w)).matvec(unravel(v)))[0]
