@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     from jax import lax
 
     from jaxctl.experiments import npg_sessions as agent
+    from jaxctl.experiments.policy_noise import policy_sampler
     from jaxctl.core.fisher import fisher_matrix
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
     from jaxctl.optim.npg import npg
@@ -57,7 +58,9 @@ def main(argv=None) -> int:
     out = _common.make_run_dir(args.out, "bench-npg")
     base = agent.NPGSettings(bootstrap=True)
     variants = {
-        "npg-damped": base._replace(delta=0.002, rel_damping=0.01),
+        # The headline: the damped step solved by eigh of the P x P Fisher (jaxctl npg's).
+        "npg-damped": base._replace(delta=0.002, rel_damping=0.01, method="eigh"),
+        "npg-damped-svd": base._replace(delta=0.002, rel_damping=0.01, method="svd"),
         "npg-dewolf": base._replace(delta=0.001),  # DeWolf (2018): undamped pseudo-inverse
         "npg-cg": base._replace(fisher="cg", delta=0.002, damping=1e-3),
         "pg-adam": base._replace(algo="pg"),
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     # ---- 1. correctness: the step on a real batch, and vmap == one by one
     env, env_params = agent.make_env(base)
     policy, vf = agent.make_policy_value(base, env, env_params)
+    act, noise = policy_sampler(policy, env, env_params)
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     pi_params, v_params = policy.init(k[0]), vf.init(k[1])
     traj, _ = jax.jit(lambda p, key: rollout(env, env_params, policy.sample, p, key, 200))(pi_params, k[2])
@@ -77,9 +81,9 @@ def main(argv=None) -> int:
     F = G.T @ G / G.shape[0]
     grads = jax.tree.map(jnp.negative, score_gradient(scores, adv))
     checks = {}
-    for name in ("npg-damped", "npg-dewolf"):
+    for name in ("npg-damped", "npg-damped-svd", "npg-dewolf"):
         c = variants[name]
-        opt = npg(c.delta, rel_damping=c.rel_damping)
+        opt = npg(c.delta, rel_damping=c.rel_damping, method=c.method)
         upd, _ = opt.update(grads, opt.init(pi_params), scores=scores)
         s = np.asarray(jax.flatten_util.ravel_pytree(upd)[0], np.float64)
         lam = c.rel_damping * np.linalg.eigvalsh(F).max()
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
             def one_session(key, p):
                 def body(key, _):
                     key, sub = jax.random.split(key)
-                    return key, rollout(env, env_params, policy.sample, p, sub, 200)[0].rewards.sum()
+                    traj = rollout(env, env_params, act, p, sub, 200, noise=noise)[0]
+                    return key, traj.rewards.sum()
                 return lax.scan(body, key, None, length=args.chunk)[1]
             return jax.vmap(one_session)(keys, params)
 

@@ -16,6 +16,7 @@ pytest.importorskip("gymnax")
 
 import jaxctl.experiments.npg_sessions as agent  # noqa: E402
 from jaxctl.apps.cli import build_parser, main  # noqa: E402
+from jaxctl.experiments.policy_noise import policy_sampler  # noqa: E402
 
 CHUNK = 4
 CONFIG = agent.NPGSettings(delta=0.002, rel_damping=0.01, bootstrap=True)
@@ -113,8 +114,44 @@ def test_session_trainer_logs_every_batch_and_calls_back(compiled):
         trainer.run(state, CHUNK + 1)
 
 
+def test_policy_sampler_draws_the_actions_of_policy_sample():
+    # Gumbel-max with the noise jax.random.categorical draws from the same key: the same
+    # actions (log-softmax and logits differ by a constant per observation).
+    env, env_params = agent.make_env(CONFIG)
+    policy, _ = agent.make_policy_value(CONFIG._replace(policy_output_scale=1.0), env, env_params)
+    act, noise = policy_sampler(policy, env, env_params)
+    params = policy.init(jax.random.PRNGKey(3))
+    keys = jax.random.split(jax.random.PRNGKey(4), 2000)
+    obs = jax.random.normal(jax.random.PRNGKey(5), (2000, 4))
+    got = jax.jit(jax.vmap(lambda k, o: act(params, noise(k), o)))(keys, obs)
+    want = jax.jit(jax.vmap(lambda k, o: policy.sample(params, k, o)))(keys, obs)
+    assert 300 < int(np.sum(want)) < 1700  # both actions drawn often
+    np.testing.assert_array_equal(got, want)
+
+
+def test_cli_npg_groups_study_counts_batches_per_group(tmp_path):
+    out = tmp_path / "groups"
+    assert main(["npg", "--quick", "--groups", "2", "--batches", "4", "--steps", "20",
+                 "--variants", "npg-damped", "--out", str(out)]) == 0
+    with open(out / "results.json") as f:
+        study = json.load(f)["results"]["groups"]
+    assert study["seeds"] == [0, 1] and study["sessions_per_group"] == 3
+    v = study["variants"]["npg-damped"]
+    max_reward = np.asarray(v["max_reward"])
+    assert max_reward.shape == (2, 3, 4) and np.all((max_reward >= 1) & (max_reward <= 20))
+    for g in range(2):  # first batch whose group mean reaches the 20-step maximum
+        hits = np.nonzero(max_reward[g].mean(axis=0) >= 20)[0]
+        assert v["batches_to_mean_200"][g] == (int(hits[0]) + 1 if hits.size else None)
+    # Group 1 is the 3-session run of seed 1 on its own.
+    config = {k: tuple(x) if isinstance(x, list) else x for k, x in v["config"].items()}
+    trainer = agent.SessionTrainer(agent.NPGSettings(**config), 4)
+    _, log = trainer.run(trainer.initial_state(agent.session_keys(1, 3)), 4)
+    np.testing.assert_array_equal(log["metrics"].max_return, max_reward[1])
+    assert os.path.getsize(out / "npg_groups.png") > 1000
+
+
 def test_help_documents_npg_flags():
     sub = build_parser()._subparsers._group_actions[0].choices["npg"].format_help()
     for flag in ("--out", "--quick", "--single-thread", "--sessions", "--batches", "--delta",
-                 "--rel-damping", "--variants", "--pendulum-batches", "--dewolf-delta"):
+                 "--rel-damping", "--variants", "--pendulum-batches", "--dewolf-delta", "--groups"):
         assert flag in sub

@@ -201,7 +201,7 @@ def test_bad_configuration_raises():
     with pytest.raises(ValueError, match="cg_maxiter"):
         npg(0.01, fisher="cg", cg_maxiter=0)
     with pytest.raises(ValueError, match="method"):
-        npg(0.01, method="qr")
+        npg(0.01, method="lu")
 
 
 def test_bad_scores_raise(problem):

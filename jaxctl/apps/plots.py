@@ -108,6 +108,42 @@ def npg_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: str
     return _save(fig, None, path)
 
 
+def npg_group_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: str,
+                     limits: tuple[float, float], hline=None) -> str:
+    """One panel per group: per variant, the mean over the group's sessions and its 95%
+    Student-t band (clipped to `limits`, the feasible range); `curves[name]` has shape
+    (groups, sessions, batches)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    groups = next(iter(curves.values())).shape[0]
+    cols = min(groups, 3)
+    rows = -(-groups // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for g, ax in enumerate(axes.flat):
+        if g >= groups:
+            ax.axis("off")
+            continue
+        for name, x in curves.items():
+            mean, half = confidence_interval(x[g])
+            b = np.arange(1, mean.shape[0] + 1)
+            ax.plot(b, mean, label=f"{name} (n={x.shape[1]})")
+            ax.fill_between(b, np.clip(mean - half, *limits), np.clip(mean + half, *limits),
+                            alpha=0.25)
+        if hline is not None:
+            ax.axhline(hline[0], color="k", lw=0.8, ls="--", label=hline[1])
+        ax.set(xlabel="batch", ylabel=ylabel, title=f"group {g + 1}", ylim=(limits[0], 1.05 * limits[1]))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def mpc_plot(results: dict, path: str) -> str:
     """Returns per aggregation iteration (one panel per task), the HalfCheetah horizon
     sweep and data-size study, and the open-loop prediction errors."""

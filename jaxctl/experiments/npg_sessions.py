@@ -39,6 +39,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxctl.control.rl import episode_ends, episode_stats, gae, rollout, score_gradient
 from jaxctl.core.fisher import fisher_operator
 from jaxctl.core.jacobians import per_sample_grads
+from jaxctl.experiments.policy_noise import policy_sampler
 from jaxctl.models.policies import categorical_policy, gaussian_policy, value_function
 from jaxctl.optim.npg import npg
 from jaxctl.util.checks import PyTree
@@ -60,6 +61,8 @@ class NPGSettings(NamedTuple):
       rtol: pseudo-inverse eigenvalue cut-off (DeWolf 2018: 1e-6).
       fisher: `"dense"` (scores, SVD) or `"cg"` (matrix-free `fisher_operator`
         + CG).
+      method: dense solver of `jaxctl.core.fisher.natural_gradient` (`"eigh"`
+        of the P x P Fisher is the cheap one for a small damped policy).
       cg_maxiter: CG iterations for `fisher="cg"` (mjrl: 10).
       pg_lr: Adam learning rate of the vanilla PG (DeWolf 2018: 0.01).
       policy_hidden: hidden widths of the policy MLP (`()` = DeWolf's (2018)
@@ -89,6 +92,7 @@ class NPGSettings(NamedTuple):
     damping: float = 0.0
     rtol: float = 1e-6
     fisher: str = "dense"
+    method: str = "auto"
     cg_maxiter: int = 10
     pg_lr: float = 0.01
     policy_hidden: tuple[int, ...] = ()
@@ -170,7 +174,7 @@ def make_session(settings: NPGSettings):
     if settings.algo == "npg":
         policy_tx = npg(settings.delta, fisher=settings.fisher, rtol=settings.rtol,
                         damping=settings.damping, rel_damping=settings.rel_damping,
-                        cg_maxiter=settings.cg_maxiter)
+                        method=settings.method, cg_maxiter=settings.cg_maxiter)
     else:
         policy_tx = optax.adam(settings.pg_lr)
     value_tx = optax.adam(settings.value_lr)
@@ -182,10 +186,12 @@ def make_session(settings: NPGSettings):
         return SessionState(pi_params, v_params, policy_tx.init(pi_params), value_tx.init(v_params),
                             k_run, jnp.zeros_like(jax.random.key_data(key)[..., 0], jnp.int32))
 
+    act, noise = policy_sampler(policy, env, env_params)
+
     def collect(pi_params, key):
         keys = jax.random.split(key, settings.num_envs)
-        return jax.vmap(lambda k: rollout(env, env_params, policy.sample, pi_params, k,
-                                          settings.num_steps)[0])(keys)
+        return jax.vmap(lambda k: rollout(env, env_params, act, pi_params, k, settings.num_steps,
+                                          noise=noise)[0])(keys)
 
     def advantages(v_params, traj):
         values = jax.vmap(jax.vmap(lambda o: vf.apply(v_params, o)))(traj.obs)
@@ -281,6 +287,11 @@ def make_train(settings: NPGSettings, chunk: int, mesh: Mesh | None = None, axis
 def session_keys(seed: int, sessions: int) -> jax.Array:
     """One PRNG key per session, split from `PRNGKey(seed)`."""
     return jax.random.split(jax.random.PRNGKey(seed), sessions)
+
+
+def group_keys(seed: int, groups: int, sessions: int) -> jax.Array:
+    """`groups * sessions` keys: group g holds `session_keys(seed + g, sessions)`."""
+    return jnp.concatenate([session_keys(seed + g, sessions) for g in range(groups)])
 
 
 class SessionTrainer:
