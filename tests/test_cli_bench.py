@@ -20,7 +20,8 @@ def test_bench_quick_writes_results(tmp_path, capsys):
     (per_sample,) = results["per_sample_grads"]
     assert per_sample["P"] == 1284 and per_sample["max_abs_error_vs_grad_loop"] < 1e-4
     (step,) = results["npg_step"]
-    assert step["cosine_vs_float64"]["svd"] >= 0.999
+    assert step["cosine_vs_float64"]["svd"] >= 0.999 and step["cosine_vs_float64"]["qr"] >= 0.999
+    assert step["cosine_vs_float64"]["chol"] >= 0.999  # against the damped float64 solve
     assert all(ms > 0 for ms in step["ms"].values())
     (wide,) = results["matrix_free"]
     assert wide["relative_residual"] < 1.0 and wide["xla_temp_mb"] > 0

@@ -20,6 +20,7 @@ from jaxctl import (
     per_sample_grads,
     ravel_per_sample,
 )
+from jaxctl.core.lanczos import largest_eigenvalue
 
 # ---------------------------------------------------------------- policies
 
@@ -183,7 +184,7 @@ def test_all_methods_agree_with_dense_reference(shape, damping):
     G = jnp.asarray(rng.standard_normal((T, P)), jnp.float32)
     g = G.T @ jnp.asarray(rng.standard_normal(T), jnp.float32) / T
     expected = reference_natural_gradient(G, g, 1e-6, damping)
-    for method in ("eigh", "gram", "svd", "qr", "cg", "auto"):
+    for method in ("eigh", "gram", "svd", "qr", "cg", "auto") + (("chol",) if damping else ()):
         got = natural_gradient(G, g, damping=damping, method=method, maxiter=300, tol=1e-7)
         np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max(),
                                    err_msg=method)
@@ -195,7 +196,7 @@ def test_relative_damping_uses_largest_eigenvalue():
     g = jnp.asarray(rng.standard_normal(10), jnp.float32)
     top = np.linalg.eigvalsh(np.asarray(G, np.float64).T @ np.asarray(G, np.float64) / 25).max()
     expected = reference_natural_gradient(G, g, 1e-6, 0.1 * top)
-    for method in ("eigh", "gram", "svd", "qr"):
+    for method in ("eigh", "gram", "svd", "qr", "chol"):
         np.testing.assert_allclose(natural_gradient(G, g, rel_damping=0.1, method=method),
                                    expected, rtol=1e-3, atol=1e-4, err_msg=method)
     with pytest.raises(ValueError, match="rel_damping"):
@@ -244,6 +245,41 @@ def test_float32_default_on_real_policy_scores():
     assert cosine(jax.jit(natural_gradient)(G, g), expected) >= 0.999
 
 
+@pytest.mark.parametrize("shape", [(120, 300), (300, 120)], ids=["T<P", "T>P"])
+def test_cholesky_route_solves_the_damped_problem_across_the_cut(shape):
+    """`"chol"` (Woodbury when T < P) against the float64 damped solve, relative damping 1e-3."""
+    T, P = shape
+    G = jnp.asarray(continuous_score_matrix(2, T, P), jnp.float32)
+    g = G.T @ jnp.asarray(np.random.default_rng(3).standard_normal(T), jnp.float32) / T
+    G64 = np.asarray(G, np.float64)
+    lam = 1e-3 * np.linalg.eigvalsh(G64.T @ G64 / T).max()
+    expected = np.linalg.solve(G64.T @ G64 / T + lam * np.eye(P), np.asarray(g, np.float64))
+    got = jax.jit(lambda G, g: natural_gradient(G, g, rel_damping=1e-3, method="chol"))(G, g)
+    assert cosine(got, expected) >= 0.9999
+    np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())
+
+
+def test_cholesky_route_needs_a_positive_damping():
+    G, g = jnp.eye(3), jnp.ones(3)
+    with pytest.raises(ValueError, match="method='chol' needs damping > 0"):
+        natural_gradient(G, g, method="chol")
+    # A traced damping of 0 at run time: the documented zero direction, never NaN.
+    x = jax.jit(lambda d: natural_gradient(G, g, damping=d, method="chol"))(0.0)
+    np.testing.assert_array_equal(x, 0.0)
+
+
+def test_lanczos_largest_eigenvalue_against_eigvalsh():
+    rng = np.random.default_rng(4)
+    B = rng.standard_normal((60, 90))
+    A = jnp.asarray(B @ B.T, jnp.float32)
+    top = np.linalg.eigvalsh(B @ B.T).max()
+    got = jax.jit(lambda A: largest_eigenvalue(lambda v: A @ v, A[0]))(A)
+    np.testing.assert_allclose(got, top, rtol=16 * np.finfo(np.float32).eps * 60)
+    # Ritz values approach from below; a 3-step space already comes close, never above.
+    rough = float(largest_eigenvalue(lambda v: A @ v, A[0], steps=3))
+    assert rough <= top * (1 + 1e-6) and rough > 0.5 * top
+
+
 def test_nonfinite_scores_give_zero_direction_and_zero_step():
     G = jnp.ones((4, 3)).at[1, 2].set(jnp.nan)
     g = jnp.ones(3)
@@ -253,6 +289,11 @@ def test_nonfinite_scores_give_zero_direction_and_zero_step():
         step, size = normalized_step(g, x, 0.01)
         np.testing.assert_array_equal(step, 0.0)
         assert float(size) == 0.0
+
+
+def test_nonfinite_scores_give_zero_direction_with_cholesky_too():
+    G = jnp.ones((4, 3)).at[1, 2].set(jnp.nan)
+    np.testing.assert_array_equal(natural_gradient(G, jnp.ones(3), damping=0.1, method="chol"), 0.0)
 
 
 def test_natural_gradient_bad_inputs():

@@ -10,7 +10,9 @@ repeats):
    of `jax.grad` (the approach of DeWolf 2018) and against one batched gradient of
    the mean (the lower bound: materialising G is memory-bound);
 2. the full normalized NPG step (scores, Fisher solve, step) with every
-   method against a numpy pipeline (numpy `eigh` of the dense Fisher);
+   pseudo-inverse method against a numpy pipeline (numpy `eigh` of the
+   dense Fisher), and the damped step (`rel_damping = 0.01`) by `"chol"`
+   against the same pipeline with the damping;
 3. a matrix-free Fisher-vector product + 20 CG iterations at P >= 100k,
    with XLA's own memory analysis of the compiled solve at several widths
    (memory grows like O(P), while a dense G or F would not fit).
@@ -29,6 +31,7 @@ from jaxctl.experiments.progress import Progress
 
 POLICY_SIZES = (4, 32, 32, 2)
 METHODS = ("qr", "svd", "gram", "eigh", "cg")
+REL_DAMPING = 0.01  # the damped comparison: (F + 0.01 lambda_max I)^-1 g
 CG_ITERS = 20
 ACCURATE_COSINE = 0.999
 
@@ -69,14 +72,17 @@ def prepare(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ problem
 
 
-def _reference_direction(G, g, rtol):
-    """float64 numpy clipped pseudo-inverse solve via the SVD of G (the accuracy oracle)."""
+def _reference_direction(G, g, rtol, rel_damping=0.0):
+    """float64 numpy clipped pseudo-inverse (or damped) solve via the SVD of G (the accuracy oracle)."""
     import numpy as np
 
     G = np.asarray(G, np.float64)
     g = np.asarray(g, np.float64)
     _, s, Vt = np.linalg.svd(G, full_matrices=False)
     e = s * s / G.shape[0]
+    if rel_damping:
+        lam = rel_damping * e.max()
+        return Vt.T @ ((Vt @ g) / (e + lam)) + (g - Vt.T @ (Vt @ g)) / lam
     c = np.where(e > rtol * e.max(), 1.0 / np.where(e > 0, e, 1.0), 0.0)
     return Vt.T @ (c * (Vt @ g))
 
@@ -154,7 +160,8 @@ def _jax_npg_step(log_prob, method: str, delta: float):
         G, unravel = ravel_per_sample(per_sample_grads(log_prob, params, states, actions))
         g = G.T @ advantages / G.shape[0]
         # mjrl's matrix-free setting: 10 CG iterations, damping 1e-4.
-        extra = {"maxiter": 10, "damping": 1e-4} if method == "cg" else {}
+        extra = ({"maxiter": 10, "damping": 1e-4} if method == "cg"
+                 else {"rel_damping": REL_DAMPING} if method == "chol" else {})
         nat = natural_gradient(G, g, method=method, **extra)
         flat_step, size = normalized_step(g, nat, delta)
         return unravel(flat_step), size
@@ -162,11 +169,12 @@ def _jax_npg_step(log_prob, method: str, delta: float):
     return jax.jit(step)
 
 
-def _numpy_npg_step(scores, delta: float, rtol: float = 1e-6):
+def _numpy_npg_step(scores, delta: float, rtol: float = 1e-6, rel_damping: float = 0.0):
     """The pipeline of DeWolf (2018) in numpy: dense Fisher, eigh, clip, normalized step.
 
     numpy.linalg computes in float64 even for float32 input, so this is also
-    the accuracy reference of the dense route.
+    the accuracy reference of the dense route. With `rel_damping` the
+    eigenvalues get `rel_damping * max` added instead of the clip.
     """
     import numpy as np
 
@@ -177,7 +185,10 @@ def _numpy_npg_step(scores, delta: float, rtol: float = 1e-6):
         g = G.T @ A / T
         F = G.T @ G / T
         e, V = np.linalg.eigh(0.5 * (F + F.T))
-        c = np.where(e > rtol * e.max(), 1.0 / np.where(e > 0, e, 1.0), 0.0)
+        if rel_damping:
+            c = 1.0 / (np.maximum(e, 0.0) + rel_damping * e.max())
+        else:
+            c = np.where(e > rtol * e.max(), 1.0 / np.where(e > 0, e, 1.0), 0.0)
         nat = V @ (c * (V.T @ g))
         gFg = g @ nat
         return np.sqrt(delta / gFg) * nat if gFg > 0 else np.zeros_like(nat)
@@ -200,14 +211,19 @@ def bench_npg_step(T: int, args, progress) -> dict[str, Any]:
     reference = _reference_direction(G, g, 1e-6)
     numpy_step = _numpy_npg_step(scores, args.delta)
 
-    steps = {m: _jax_npg_step(log_prob, m, args.delta) for m in METHODS}
+    numpy_damped = _numpy_npg_step(scores, args.delta, rel_damping=REL_DAMPING)
+    damped_reference = _reference_direction(G, g, 1e-6, REL_DAMPING)
+
+    steps = {m: _jax_npg_step(log_prob, m, args.delta) for m in METHODS + ("chol",)}
     compile_s = {m: _common.compile_seconds(f, params, states, actions, advantages)
                  for m, f in steps.items()}
-    cosines = {m: _cosine(ravel_pytree(f(params, states, actions, advantages)[0])[0], reference)
+    cosines = {m: _cosine(ravel_pytree(f(params, states, actions, advantages)[0])[0],
+                          damped_reference if m == "chol" else reference)
                for m, f in steps.items()}
     cosines["numpy_eigh_float32"] = _cosine(numpy_step(params, states, actions, advantages), reference)
     calls = {m: (lambda f=f: f(params, states, actions, advantages)) for m, f in steps.items()}
     calls["numpy"] = lambda: numpy_step(params, states, actions, advantages)
+    calls["numpy_damped"] = lambda: numpy_damped(params, states, actions, advantages)
     best = _common.interleaved_min_seconds(calls, repeats=max(3, args.repeats // (3 if T > 1000 else 1)))
     progress()
     # Only a method that gives the float64 direction counts as a solution.
@@ -220,6 +236,7 @@ def bench_npg_step(T: int, args, progress) -> dict[str, Any]:
         "cosine_vs_float64": cosines,
         "fastest_accurate_method": fastest,
         "numpy_over_fastest": best["numpy"] / best[fastest],
+        "numpy_damped_over_chol": best["numpy_damped"] / best["chol"],
     }
 
 
@@ -343,6 +360,12 @@ def run(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
             [[r["T"]] + [r["ms"][m] for m in METHODS] + [r["ms"]["numpy"], r["numpy_over_fastest"]]
              + [r["cosine_vs_float64"][m] for m in METHODS]
              + [r["cosine_vs_float64"]["numpy_eigh_float32"]] for r in npg_steps]),
+        "",
+        f"### Damped NPG step, lambda = {REL_DAMPING} lambda_max: Cholesky against numpy eigh, ms",
+        _common.markdown_table(
+            ["T", "chol", "numpy eigh (float64 inside)", "numpy / chol", "cos chol"],
+            [[r["T"], r["ms"]["chol"], r["ms"]["numpy_damped"], r["numpy_damped_over_chol"],
+              r["cosine_vs_float64"]["chol"]] for r in npg_steps]),
         "",
         f"### Matrix-free Fisher-vector products + {CG_ITERS} CG iterations (MLP 4-h-h-h-2)",
         _common.markdown_table(

@@ -25,6 +25,16 @@ Methods for `F^+ g`:
   transformations keep the singular values as accurate as `"svd"`'s, and
   the factorisation is cheaper: the accurate choice and the default for
   dense shapes (`benchmarks/curvature.py` measures all four).
+- `"chol"`: the damped solve `(F + lambda I)^-1 g` by Cholesky, with
+  `lambda > 0` required: when T < P through the T x T system (Woodbury),
+  `(g - G^T (T lambda I + G G^T)^-1 G g) / lambda`, otherwise on `F +
+  lambda I`; the largest eigenvalue for `rel_damping` comes from 32
+  Lanczos steps (`jaxctl.core.lanczos`). No eigendecomposition: the
+  cheapest dense route. Its float32 error grows like `eps * lambda_max /
+  lambda`, so it is accurate for `lambda >= 1e-3 lambda_max` (e.g.
+  `rel_damping=0.01`). It does not clip: an eigenvalue `e <= rtol *
+  lambda_max` changes its direction's weight `1 / (e + lambda)` by at most
+  `rtol * lambda_max / lambda` relative to the clipped `1 / lambda`.
 - `"cg"`: matrix-free conjugate gradient on `v -> G^T (G v) / T`; no clipping,
   early stopping regularises instead.
 """
@@ -39,6 +49,7 @@ from jax import lax
 
 from jaxctl.core.cg import cg
 from jaxctl.core.jacobians import leading_size
+from jaxctl.core.lanczos import largest_eigenvalue
 from jaxctl.util.checks import (
     PyTree,
     as_float,
@@ -50,7 +61,7 @@ from jaxctl.util.checks import (
 )
 
 HIGHEST = lax.Precision.HIGHEST
-METHODS = ("auto", "eigh", "gram", "svd", "qr", "cg")
+METHODS = ("auto", "eigh", "gram", "svd", "qr", "chol", "cg")
 # Above this many rows and columns a dense factorisation is not worth it.
 DENSE_LIMIT = 4096
 
@@ -274,6 +285,24 @@ _EIGENBASIS = {"eigh": _eigenbasis_eigh, "gram": _eigenbasis_gram, "svd": _eigen
                "qr": _eigenbasis_qr}
 
 
+def _damped_cholesky(G, g, damping, rel_damping, need_top):
+    """`(F + lambda I)^-1 g`, `lambda = damping + rel_damping * lambda_max(F)`, by Cholesky."""
+    T, P = G.shape
+    # The smaller of G G^T / T and F (they share the non-zero spectrum).
+    M = jnp.matmul(G, G.T, precision=HIGHEST) / T if T < P else fisher_matrix(G)
+    lam = damping
+    if need_top:
+        lam = lam + rel_damping * largest_eigenvalue(lambda v: jnp.matmul(M, v, precision=HIGHEST),
+                                                     M[0])
+    L = jnp.linalg.cholesky(M + lam * jnp.eye(M.shape[0], dtype=M.dtype))
+    if T < P:
+        y = jax.scipy.linalg.cho_solve((L, True), jnp.matmul(G, g, precision=HIGHEST)) / T
+        x = (g - jnp.matmul(y, G, precision=HIGHEST)) / lam
+    else:
+        x = jax.scipy.linalg.cho_solve((L, True), g)
+    return jnp.where(lam > 0, x, 0.0)
+
+
 def solve_in_eigenbasis(V, eigs, g, rtol, damping):
     """`F^+ g` (or damped) from orthonormal eigenvectors `V` (P, k) of F's range.
 
@@ -317,8 +346,9 @@ def natural_gradient(
         dense methods only (`"cg"` gives a zero direction for a traced
         non-zero value).
       method: `"auto"` (`"qr"` unless both T and P exceed 4096, then
-        `"cg"`), `"eigh"`, `"gram"`, `"svd"`, `"qr"` or `"cg"`; see the
-        module docstring for costs and float32 accuracy.
+        `"cg"`), `"eigh"`, `"gram"`, `"svd"`, `"qr"`, `"chol"` (damped
+        only) or `"cg"`; see the module docstring for costs and float32
+        accuracy.
       maxiter, tol: iteration budget and relative tolerance of `"cg"`.
 
     Returns:
@@ -355,6 +385,13 @@ def natural_gradient(
                              "('svd', 'gram', 'eigh') or an absolute damping with 'cg'")
         x = cg(lambda v: fisher_vector_product(G, v, damping), g, maxiter=maxiter, tol=tol).x
         finite = finite & (jnp.asarray(rel_damping) == 0)
+    elif method == "chol":
+        values = [concrete_scalar(n, v) for n, v in (("damping", damping), ("rel_damping", rel_damping))]
+        if values == [0.0, 0.0]:
+            raise ValueError("method='chol' needs damping > 0 or rel_damping > 0 (it solves "
+                             "(F + lambda I) x = g with lambda > 0)")
+        x = _damped_cholesky(G, g, jnp.asarray(damping, dtype), jnp.asarray(rel_damping, dtype),
+                             need_top=values[1] != 0.0)
     else:
         V, eigs = _EIGENBASIS[method](G)
         lam = damping + rel_damping * jnp.maximum(jnp.max(eigs), 0.0)
