@@ -12,7 +12,7 @@ host before its end). For each one the suite reports
 
 Kernels: per-sample gradients (MLP Gaussian policy, T scores); the full
 normalized NPG step (scores, accurate `"qr"` solve, step) at several T and
-P; a matrix-free Fisher-vector product + 20 CG iterations at P ~ 1M; on
+P, and damped by `"chol"`; a matrix-free Fisher-vector product + 20 CG iterations at P ~ 1M; on
 DeWolf's (2016) arm task (RNN 8-32-32-4, T = 40) a Gauss-Newton product
 and one Hessian-free iteration (CG 96, damping 100) at 64 and 4096 targets;
 a random-shooting planning step (Nagabandi et al. 2018: MLP 26-500-500-20,
@@ -88,8 +88,12 @@ def per_sample_kernel(T: int) -> Kernel:
                   (params, states, actions), check)
 
 
-def npg_step_kernel(T: int, hidden: int, delta: float = 0.01) -> Kernel:
-    """Scores, `natural_gradient(method="qr")`, normalized step: `s^T F s` must equal delta."""
+def npg_step_kernel(T: int, hidden: int, method: str = "qr", delta: float = 0.01) -> Kernel:
+    """Scores, natural gradient, normalized step: `s^T (F + lambda I) s` must equal delta.
+
+    `"qr"` is the clipped pseudo-inverse (lambda = 0), `"chol"` the damped
+    solve with `rel_damping = 0.01`.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -102,17 +106,23 @@ def npg_step_kernel(T: int, hidden: int, delta: float = 0.01) -> Kernel:
     def step(p, s, a, A):
         G, _ = ravel_per_sample(per_sample_grads(log_prob, p, s, a))
         g = G.T @ A / G.shape[0]
-        flat, _ = normalized_step(g, natural_gradient(G, g, method="qr"), delta)
+        nat = natural_gradient(G, g, method=method, rel_damping=rel)
+        flat, _ = normalized_step(g, nat, delta)
         return flat, G
+
+    rel = 0.01 if method == "chol" else 0.0
 
     def check(out):
         flat, G = out
         quad = float(jnp.sum((G @ flat) ** 2) / G.shape[0])
-        _require(abs(quad / delta - 1) < 1e-2, f"step^T F step = {quad}, delta = {delta}")
+        if rel:
+            top = float(jnp.linalg.eigvalsh(G @ G.T / G.shape[0])[-1])
+            quad += rel * top * float(flat @ flat)
+        _require(abs(quad / delta - 1) < 1e-2, f"step^T (F + lambda I) step = {quad}, delta = {delta}")
         return {"step_norm_over_delta": quad / delta}
 
     P = jax.flatten_util.ravel_pytree(params)[0].size
-    return Kernel("NPG step (qr)", f"T={T}, P={P}", step, (params, states, actions, adv), check)
+    return Kernel(f"NPG step ({method})", f"T={T}, P={P}", step, (params, states, actions, adv), check)
 
 
 def matrix_free_kernel(hidden: int, T: int, iters: int = 20) -> Kernel:
@@ -271,6 +281,7 @@ def kernels(quick: bool) -> list[Callable[[], Kernel]]:
                 P(planning_kernel, 256, 32), P(spiking_kernel, (32, 16, 4), 20, 4)]
     return ([P(per_sample_kernel, T) for T in (200, 2000)]
             + [P(npg_step_kernel, T, h) for h in (32, 64) for T in (200, 2000)]
+            + [P(npg_step_kernel, T, 32, "chol") for T in (200, 2000)]
             + [P(matrix_free_kernel, 708, 2000)]
             + [P(f, n) for n in (64, 4096) for f in (gauss_newton_kernel, hf_iteration_kernel)]
             + [P(planning_kernel, K) for K in (1000, 10_000, 100_000)]
