@@ -58,7 +58,7 @@ from jaxctl.models.dynamics import (
     dynamics_predict,
     normalization_stats,
 )
-from jaxctl.models.dynamics_training import dynamics_train, open_loop_prediction
+from jaxctl.models.dynamics_training import dynamics_evaluate, dynamics_train, open_loop_prediction
 from jaxctl.models.mlp import mlp_apply, mlp_init
 from jaxctl.models.policies import (
     Policy,
@@ -140,6 +140,7 @@ __all__ = [
     "checkpoint_metadata",
     "clipped_inverse",
     "data_mesh",
+    "dynamics_evaluate",
     "dynamics_init",
     "dynamics_predict",
     "dynamics_train",
