@@ -280,3 +280,23 @@ def test_model_round_trips_through_flax_serialization(ensemble):
     predict = jax.jit(dyn.dynamics_predict)
     np.testing.assert_array_equal(predict(back, jnp.ones(N), jnp.ones(M)),
                                   predict(model, jnp.ones(N), jnp.ones(M)))
+
+
+@pytest.mark.parametrize("ensemble", [None, 2])
+def test_model_round_trips_through_the_package_checkpoint(ensemble, tmp_path):
+    from jaxctl import restore_checkpoint, save_checkpoint
+    from jaxctl.util.checkpoint import CheckpointError
+
+    model = dyn.dynamics_init(jax.random.PRNGKey(0), STATS, (4,), activation="tanh",
+                              ensemble_size=ensemble)
+    save_checkpoint(str(tmp_path / "model.ckpt"), model, {"round": 3})
+    template = dyn.dynamics_init(jax.random.PRNGKey(1), STATS, (4,), activation="tanh",
+                                 ensemble_size=ensemble)
+    back = restore_checkpoint(str(tmp_path / "model.ckpt"), template)
+    assert isinstance(back, dyn.DynamicsModel) and back.activation == "tanh"
+    jax.tree.map(np.testing.assert_array_equal, back, model)
+    # A template of another architecture is refused, never silently reshaped.
+    with pytest.raises(CheckpointError, match="template expects"):
+        restore_checkpoint(str(tmp_path / "model.ckpt"),
+                           dyn.dynamics_init(jax.random.PRNGKey(1), STATS, (5,), activation="tanh",
+                                             ensemble_size=ensemble))
