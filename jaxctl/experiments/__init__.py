@@ -10,6 +10,8 @@
   spiking neurons on the 8x8 digits (DeWolf 2020);
 - `spiking_cartpole`: an NPG-trained ReLU policy run as spiking neurons in
   closed loop with CartPole (DeWolf 2020; DeWolf 2018);
+- `policy_noise`: a policy's sampling noise drawn before the rollout's scan
+  (Gumbel-max for softmax policies);
 - `progress`: the progress bar their loops show.
 
 One idiom throughout: a `NamedTuple` of settings (`ReachSettings`,
