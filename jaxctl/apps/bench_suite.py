@@ -68,6 +68,7 @@ def per_sample_kernel(T: int) -> Kernel:
     """The (T, P) score matrix by `vmap(grad)`; its mean must be the batched gradient."""
     import jax
     import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
 
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
 
@@ -77,7 +78,7 @@ def per_sample_kernel(T: int) -> Kernel:
         return ravel_per_sample(per_sample_grads(log_prob, p, s, a))[0]
 
     mean_grad = jax.grad(lambda p: jnp.mean(jax.vmap(log_prob, (None, 0, 0))(p, states, actions)))
-    expected = jax.flatten_util.ravel_pytree(mean_grad(params))[0]
+    expected = ravel_pytree(mean_grad(params))[0]
 
     def check(G):
         err = float(jnp.max(jnp.abs(G.mean(0) - expected)) / jnp.max(jnp.abs(expected)))
@@ -96,6 +97,7 @@ def npg_step_kernel(T: int, hidden: int, method: str = "qr", delta: float = 0.01
     """
     import jax
     import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
 
     from jaxctl.core.fisher import natural_gradient
     from jaxctl.core.jacobians import per_sample_grads, ravel_per_sample
@@ -121,7 +123,7 @@ def npg_step_kernel(T: int, hidden: int, method: str = "qr", delta: float = 0.01
         _require(abs(quad / delta - 1) < 1e-2, f"step^T (F + lambda I) step = {quad}, delta = {delta}")
         return {"step_norm_over_delta": quad / delta}
 
-    P = jax.flatten_util.ravel_pytree(params)[0].size
+    P = ravel_pytree(params)[0].size
     return Kernel(f"NPG step ({method})", f"T={T}, P={P}", step, (params, states, actions, adv), check)
 
 
