@@ -186,7 +186,7 @@ def run(args, out_dir: str) -> dict:
         }
     png = os.path.join(out_dir, "npg_cartpole.png")
     plots.npg_curves(curves, png, f"CartPole-v1: max reward per batch ({args.steps} steps), mean and 95% CI",
-          "max reward per batch", hline=(args.steps, "maximum"))
+          "max reward per batch", hline=(args.steps, "maximum"), limits=(0, args.steps))
     results["cartpole_png"] = png
     rows = [[s["variant"], s["batches_to_mean_200"], s["batches_to_mean_195"],
              s["mean_max_reward_at_50"], s["mean_max_reward_last"],
@@ -205,7 +205,7 @@ def run(args, out_dir: str) -> dict:
         ppng = os.path.join(out_dir, "npg_pendulum.png")
         plots.npg_curves({"NPG (CG, Gaussian)": m.mean_return}, ppng,
               "Pendulum-v1: mean episode return per batch, mean and 95% CI", "episode return",
-              hline=(float(rand.mean()), "random policy"))
+              hline=(float(rand.mean()), "random policy"), limits=(-np.inf, 0.0))
         results["pendulum"] = {
             "config": config._asdict(),
             "mean_return": m.mean_return, "max_return": m.max_return, "step_size": m.step_size,

@@ -89,15 +89,18 @@ def reach_plots(out_dir: str, targets: dict, summary: dict, history: dict,
 
 
 def npg_curves(curves: dict[str, np.ndarray], path: str, title: str, ylabel: str,
-               hline=None) -> str:
-    """One line per variant: the mean over sessions (axis 0) and its 95% Student-t band."""
+               hline=None, limits: tuple[float, float] = (-np.inf, np.inf)) -> str:
+    """One line per variant: the mean over sessions (axis 0) and its 95% Student-t band.
+
+    The band is clipped to `limits`, the feasible range of the quantity.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, x in curves.items():
         mean, half = confidence_interval(x)
         b = np.arange(1, mean.shape[0] + 1)
         ax.plot(b, mean, label=f"{name} (n={x.shape[0]})")
-        ax.fill_between(b, mean - half, mean + half, alpha=0.25)
+        ax.fill_between(b, np.clip(mean - half, *limits), np.clip(mean + half, *limits), alpha=0.25)
     if hline is not None:
         ax.axhline(hline[0], color="k", lw=0.8, ls="--", label=hline[1])
     ax.set_xlabel("batch")
