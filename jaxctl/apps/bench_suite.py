@@ -157,16 +157,6 @@ def matrix_free_kernel(hidden: int, T: int, iters: int = 20) -> Kernel:
                   (params, states, actions, adv), check, while_trips=iters)
 
 
-def _reach_problem(targets: int, hidden: int, steps: int):
-    import jax
-
-    import jaxctl.experiments.reach_model as reach
-
-    s = reach.ReachSettings(hidden=hidden, steps=steps, targets=targets, alpha=10e-3 * 0.01)
-    params = reach.init_params(jax.random.PRNGKey(0), s)
-    return s, params, reach.build(s).make_batch(jax.random.PRNGKey(0), 0)
-
-
 def gauss_newton_kernel(targets: int, hidden: int = 32, steps: int = 40) -> Kernel:
     """`G v` through the closed loop; `u^T G v = v^T G u` and `v^T G v >= 0` are checked."""
     import jax
@@ -175,7 +165,8 @@ def gauss_newton_kernel(targets: int, hidden: int = 32, steps: int = 40) -> Kern
     import jaxctl.experiments.reach_model as reach
     from jaxctl.core.gauss_newton import gauss_newton_model
 
-    s, params, batch = _reach_problem(targets, hidden, steps)
+    exp, params, batch = reach.benchmark_problem(targets, hidden=hidden, steps=steps)
+    s = exp.settings
     keys = jax.random.split(jax.random.PRNGKey(3), 2)
     u, v = (jax.tree.map(lambda a, k=k: jax.random.normal(k, a.shape, a.dtype), params) for k in keys)
 

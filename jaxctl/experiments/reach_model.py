@@ -355,26 +355,30 @@ def build(s: ReachSettings) -> Experiment:
                       step=hf.step, evaluate=evaluate, hf=hf)
 
 
+def benchmark_problem(targets: int = rt.N_TARGETS, *, hidden: int = 32, steps: int = rt.T_DEWOLF,
+                      cg_maxiter: int = 96, damping: float = 100.0, seed: int = 0):
+    """DeWolf's (2016) benchmark on `targets` targets: `(experiment, params, batch)`.
+
+    32 units, T = 40, CG budget 96, initial damping 100, torque penalty
+    `10e-3 dt`, the targets on the circle, the first iteration's batch.
+    """
+    s = ReachSettings(hidden=hidden, steps=steps, targets=targets, cg_maxiter=cg_maxiter,
+                      damping=damping, seed=seed, alpha=10e-3 * _arm.DT)
+    exp = build(s)
+    return exp, init_params(jax.random.PRNGKey(seed), s), exp.make_batch(jax.random.PRNGKey(seed), 0)
 
 
-def hf_iteration(targets: int = rt.N_TARGETS, *, hidden: int = 32, steps: int = rt.T_DEWOLF,
-                 cg_maxiter: int = 96, damping: float = 100.0, seed: int = 0):
-    """One HF iteration of the arm task, ready to time: `(step_fn, args)`.
+def hf_iteration(targets: int = rt.N_TARGETS, **settings):
+    """One HF iteration of `benchmark_problem(targets, **settings)`, ready to time: `(step_fn, args)`.
 
-    The settings of DeWolf's (2016) benchmark (32 units, T = 40, CG budget
-    96, initial damping 100, torque penalty `10e-3 dt`) at `targets` targets
-    on the circle; `step_fn(*args)` is the compiled-once HF step (one
-    closed-loop linearisation, Martens' CG, backtracking, line search) and
-    returns `(params, hf_state, stats)`.
+    `step_fn(*args)` is the compiled-once HF step (one closed-loop
+    linearisation, Martens' CG, backtracking, line search) and returns
+    `(params, hf_state, stats)`.
 
     Example:
       >>> step, args = hf_iteration(4, hidden=4, steps=3, cg_maxiter=2)
       >>> int(step(*args)[2].cg_steps) <= 2
       True
     """
-    s = ReachSettings(hidden=hidden, steps=steps, targets=targets, cg_maxiter=cg_maxiter,
-                      damping=damping, seed=seed, alpha=10e-3 * _arm.DT)
-    exp = build(s)
-    params = init_params(jax.random.PRNGKey(seed), s)
-    batch = exp.make_batch(jax.random.PRNGKey(seed), 0)
+    exp, params, batch = benchmark_problem(targets, **settings)
     return jax.jit(exp.step), (params, exp.hf.init(params), batch)
