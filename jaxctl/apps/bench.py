@@ -303,19 +303,25 @@ def bench_matrix_free(args, progress) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------- run
 
 
+def _ticker(total: int, desc: str):
+    """A progress bar and the call that advances it by one finished task."""
+    bar = Progress(total, desc=desc)
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        bar.update(done[0])
+
+    return bar, tick
+
+
 def run_all(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
     """`--suite all`: writes bench.md and returns the records for results.json."""
     import os
 
     from jaxctl.apps import bench_suite
 
-    bar = Progress(bench_suite.suite_size(args.quick), desc="bench suite")
-    done = [0]
-
-    def progress():
-        done[0] += 1
-        bar.update(done[0])
-
+    bar, progress = _ticker(bench_suite.suite_size(args.quick), "bench suite")
     start = time.perf_counter()
     result = bench_suite.run_suite(args.quick, args.repeats, progress)
     bar.close()
@@ -331,13 +337,7 @@ def run(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
 
     if args.suite == "all":
         return run_all(args, out_dir)
-    tasks = 2 * len(args.sizes) + len(args.wide_hidden)
-    bar = Progress(tasks, desc="bench")
-    done = [0]
-
-    def progress():
-        done[0] += 1
-        bar.update(done[0])
+    bar, progress = _ticker(2 * len(args.sizes) + len(args.wide_hidden), "bench")
 
     start = time.perf_counter()
     per_sample = [bench_per_sample(T, args, progress) for T in args.sizes]

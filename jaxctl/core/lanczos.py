@@ -52,11 +52,10 @@ def largest_eigenvalue(matvec: Callable[[jax.Array], jax.Array], like: jax.Array
         Q, alpha, beta = carry
         w = matvec(Q[j])
         a = jnp.dot(Q[j], w, precision=HIGHEST)
-        # Orthogonalise against every stored vector (twice: Kahan's "twice is enough").
-        mask = (jnp.arange(k) <= j).astype(dtype)[:, None]
+        # Orthogonalise against every stored vector (twice: Kahan's "twice is enough");
+        # the rows of Q past j are still zero, so all of Q can be used.
         for _ in range(2):
-            w = w - jnp.matmul(jnp.matmul(Q * mask, w, precision=HIGHEST), Q * mask,
-                               precision=HIGHEST)
+            w = w - jnp.matmul(jnp.matmul(Q, w, precision=HIGHEST), Q, precision=HIGHEST)
         b = jnp.linalg.norm(w)
         nxt = jnp.where(b > tiny, w / jnp.where(b > tiny, b, 1.0), 0.0)
         Q = jnp.where(j + 1 < k, Q.at[jnp.minimum(j + 1, k - 1)].set(nxt), Q)
