@@ -1,6 +1,8 @@
 """`jaxctl npg`: natural policy gradient against vanilla policy gradient on
 CartPole-v1 (the experiment of DeWolf 2018) and NPG on Pendulum-v1
-(`jaxctl.experiments.npg_sessions`); prints the table, writes the PNGs."""
+(`jaxctl.experiments.npg_sessions`); prints the table, writes the PNGs.
+With `--task swimmer,hopper,...`: linear-policy NPG on gymnasium MuJoCo
+(`jaxctl.experiments.npg_mujoco`, Rajeswaran et al. 2017) instead."""
 
 from __future__ import annotations
 
@@ -15,9 +17,14 @@ from jaxctl.apps.common import markdown_table
 from jaxctl.apps.flags import integer, names, real
 from jaxctl.experiments.npg_sessions import NPGSettings, SessionTrainer, confidence_interval, \
     default_chunk, first_batch, group_keys, random_policy_return, session_keys
+from jaxctl.experiments.npg_mujoco import THRESHOLDS, NG_LIN_EPISODES, TASKS, MujocoSettings, \
+    aligned_returns, train
 from jaxctl.experiments.progress import Progress
 
 VARIANTS = ("npg-damped", "npg-dewolf", "npg-cg", "pg-adam")
+# Trajectories per iteration: mjrl's Swimmer config uses 10; Hopper's early episodes last
+# ~20 steps, so it gets 20 (mjrl's Hopper config asks for 10000 samples instead).
+MUJOCO_TRAJ = {"swimmer": 10, "hopper": 20, "halfcheetah": 10, "walker2d": 20}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,11 +71,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="200-step episodes per Pendulum batch")
     parser.add_argument("--pendulum-delta", type=real(0, low_open=True), default=0.03,
                         help="NPG step size on Pendulum")
+    parser.add_argument("--task", type=names(tuple(TASKS)), default=None,
+                        help="comma-separated gymnasium MuJoCo tasks: linear-policy NPG "
+                             "(Rajeswaran et al. 2017) instead of CartPole/Pendulum")
+    parser.add_argument("--seeds", type=integer(1), default=3,
+                        help="MuJoCo: seeds --seed, --seed + 1, ...")
+    parser.add_argument("--iterations", type=integer(1), default=100,
+                        help="MuJoCo: NPG iterations per seed (at most)")
+    parser.add_argument("--trajectories", type=integer(0), default=0,
+                        help="MuJoCo: trajectories per iteration = vector envs (0: per task, "
+                             f"{MUJOCO_TRAJ})")
+    parser.add_argument("--seconds-per-seed", type=real(0), default=0.0,
+                        help="MuJoCo: stop a seed after this wall time (0: no cap)")
+    parser.add_argument("--mujoco-delta", type=real(0, low_open=True), default=0.05,
+                        help="MuJoCo: normalized NPG step size (mjrl's Hopper config)")
 
 
 def prepare(args: argparse.Namespace) -> None:
     """`--quick` caps the sizes (flags are range-checked by argparse already)."""
-    if args.quick:
+    if args.quick and args.task:
+        args.seeds, args.iterations = min(args.seeds, 2), min(args.iterations, 3)
+        args.trajectories = args.trajectories or 2
+    elif args.quick:
         args.sessions, args.batches = min(args.sessions, 3), min(args.batches, 20)
         args.pendulum_batches = min(args.pendulum_batches, 10)
         args.pendulum_sessions = min(args.pendulum_sessions, 2)
@@ -164,6 +188,8 @@ def group_study(args, out_dir: str) -> dict:
 def run(args, out_dir: str) -> dict:
     """Runs the CartPole variants (and NPG on Pendulum), writes PNGs; returns results.
     With `--groups N > 1`, the reliability study (`group_study`) instead."""
+    if args.task:
+        return mujoco_study(args, out_dir)
     if args.groups > 1:
         return group_study(args, out_dir)
     keys = session_keys(args.seed, args.sessions)
@@ -224,3 +250,45 @@ def run(args, out_dir: str) -> dict:
             [["NPG-CG", float(rand.mean()), float(mean[0]), float(mean[-last:].mean()),
               1e3 * res["seconds_per_batch_per_session"], res["compile_seconds"]]]))
     return results
+
+
+def mujoco_study(args, out_dir: str) -> dict:
+    """Linear-policy NPG on each `--task`, `--seeds` seeds; per task the aligned curves
+    (`env_steps`, `returns` one list per seed), steps, episodes and seconds to the threshold of
+    Mania et al. (2018) per seed, the raw per-iteration logs and a PNG."""
+    from jaxctl.apps.npg_mujoco_plot import mujoco_curve
+
+    results: dict[str, Any] = {}
+    rows = []
+    for task in args.task:
+        cfg = MujocoSettings(task=task, num_traj=args.trajectories or MUJOCO_TRAJ[task],
+                             delta=args.mujoco_delta)
+        threshold = THRESHOLDS[task]
+        logs = []
+        for seed in range(args.seed, args.seed + args.seeds):
+            def report(it, log, seed=seed):
+                print(f"{task} seed {seed} it {it + 1} steps {log['env_steps'][-1]} "
+                      f"return {log['returns'][-1]:.1f} s {log['seconds'][-1]:.0f}", flush=True)
+
+            logs.append(train(cfg, seed, args.iterations, args.seconds_per_seed or float("inf"),
+                              threshold, report))
+        steps, returns = aligned_returns(logs)
+        png = os.path.join(out_dir, f"npg_{task}.png")
+        mujoco_curve(steps, returns, threshold, f"{TASKS[task]}: linear-policy NPG, "
+                     f"{cfg.num_traj} trajectories/iteration, mean and 95% CI", png)
+        last = returns[:, -1]
+        results[task] = {
+            "config": cfg._asdict(), "seeds": list(range(args.seed, args.seed + args.seeds)),
+            "threshold": threshold, "ng_lin_episodes_mania_2018": NG_LIN_EPISODES[task],
+            "env_steps": steps, "returns": returns, "runs": logs, "png": png,
+            "final_return_mean": float(last.mean()), "final_return_std": float(last.std()),
+            **{f"{k}_to_threshold": [log[f"{k}_to_threshold"] for log in logs]
+               for k in ("env_steps", "seconds", "episodes")},
+            "steps_per_second": [log["steps_per_second"] for log in logs],
+        }
+        rows.append([task, threshold, ", ".join(str(log["env_steps_to_threshold"]) for log in logs),
+                     ", ".join(str(log["episodes_to_threshold"]) for log in logs),
+                     NG_LIN_EPISODES[task], f"{last.mean():.0f}", int(steps[-1])])
+    print(markdown_table(["task", "threshold", "steps to threshold", "episodes to threshold",
+                          "NG-lin episodes (Mania 2018)", "final mean", "steps"], rows))
+    return {"mujoco": results}
