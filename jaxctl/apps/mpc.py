@@ -7,6 +7,15 @@
 task's defaults (with `--quick` too). `--devices N` splits Pendulum's
 parallel MPC episodes over N devices (the MuJoCo tasks step one gymnasium
 environment on the host).
+
+`--rollouts-per-round N` runs the aggregation study of Nagabandi et al.
+(2018) instead, on the MuJoCo tasks only (`jaxctl.experiments.aggregation`):
+their recipe (10 random rollouts, then `--iterations` rounds of N MPC
+rollouts from N environments planned in one call per step, `--epochs`
+after every round) for `--seeds` seeds, writing `aggregation.png`;
+`--time-limit` minutes stops starting new rounds (every seed keeps the
+same number of rounds). The reproduction:
+`jaxctl mpc --tasks halfcheetah --rollouts-per-round 10 --iterations 9 --seeds 3`.
 """
 
 from __future__ import annotations
@@ -17,11 +26,15 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 
 import jaxctl.apps.common as _common
+import jaxctl.apps.mbrl_plots as mbrl_plots
 import jaxctl.apps.plots as plots
-from jaxctl.apps.flags import check_devices, integer, names
+from jaxctl.apps.flags import UsageError, check_devices, integer, names, real
 import jaxctl.control.planners as mpc
+from jaxctl.experiments.aggregation import nagabandi_settings
+from jaxctl.experiments.aggregation_study import aggregation_study
 from jaxctl.experiments.mbrl import MBRLSettings, mujoco_settings, pendulum_settings
 from jaxctl.experiments.mbrl_mujoco import mujoco_experiment
 from jaxctl.experiments.mbrl_pendulum import pendulum_experiment
@@ -51,6 +64,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data-aggregation iterations for every task (default 3; Swimmer 2; "
                              "--quick: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for keys and env resets")
+    parser.add_argument("--rollouts-per-round", type=integer(1), default=None,
+                        help="run the aggregation study of Nagabandi et al. 2018 on the MuJoCo "
+                             "tasks: N environments, N MPC rollouts per round (paper: 10)")
+    parser.add_argument("--seeds", type=integer(1), default=None,
+                        help="seeds of the aggregation study (with --rollouts-per-round; "
+                             "default 1)")
+    parser.add_argument("--epochs", type=integer(1), default=None,
+                        help="training epochs after every round of the aggregation study "
+                             "(default 60 as Nagabandi et al. 2018; --quick: 5)")
+    parser.add_argument("--time-limit", type=real(0, low_open=True), default=None,
+                        help="minutes: the aggregation study starts no round that would end "
+                             "later")
     parser.add_argument("--devices", type=integer(1), default=None,
                         help="split Pendulum's parallel MPC episodes over N devices (N must "
                              "divide them; fake CPU devices: "
@@ -59,6 +84,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     """Resolves the task list (argparse has range-checked every flag)."""
+    study_flags = [f for f in ("seeds", "epochs", "time_limit") if getattr(args, f) is not None]
+    if args.rollouts_per_round is None:
+        if study_flags:
+            raise UsageError(f"--{study_flags[0].replace('_', '-')} needs --rollouts-per-round")
+    else:
+        if args.tasks is None:
+            args.tasks = ["halfcheetah"]
+        if "pendulum" in args.tasks:
+            raise UsageError("--rollouts-per-round runs the MuJoCo tasks only (halfcheetah, "
+                             "swimmer), not pendulum")
+        if args.devices is not None:
+            raise UsageError("--devices applies to Pendulum, not to --rollouts-per-round")
+        if args.iterations == 0:
+            raise UsageError("--iterations must be >= 1 with --rollouts-per-round")
     if args.tasks is None:
         args.tasks = ["pendulum", "halfcheetah"] if args.quick else list(TASK_NAMES)
     if args.devices is not None:
@@ -75,9 +114,65 @@ def task_settings(task: str, args: argparse.Namespace) -> MBRLSettings:
     return cfg._replace(**given)
 
 
+def study_settings(args: argparse.Namespace) -> MBRLSettings:
+    """The aggregation study's recipe (`nagabandi_settings`; tiny with --quick), then the flags."""
+    cfg = nagabandi_settings(mpc_episodes=args.rollouts_per_round)
+    if args.quick:
+        cfg = cfg._replace(hidden=(64,), num_samples=100, horizon=5, episode_steps=60,
+                           random_episodes=2, iterations=2, epochs=5, retrain_epochs=5,
+                           batch_size=128)
+    given = {k: getattr(args, k) for k in ("num_samples", "horizon", "iterations")
+             if getattr(args, k) is not None}
+    if args.epochs is not None:
+        given.update(epochs=args.epochs, retrain_epochs=args.epochs)
+    return cfg._replace(**given)
+
+
+def run_study(args: argparse.Namespace, out_dir: str, warm: bool) -> dict:
+    """The aggregation study for each MuJoCo task; results.json and the PNG after every round."""
+    cfg, seeds = study_settings(args), args.seeds or 1
+    png = os.path.join(out_dir, "aggregation.png")
+    results: dict[str, Any] = {}
+    limit = None if args.time_limit is None else 60 * args.time_limit
+    start = time.perf_counter()
+
+    def partial(name):
+        def save(res):
+            results[name] = res
+            mbrl_plots.aggregation_plot(results, png)
+            _common.write_results(out_dir, "mpc", vars(args), {"tasks": results, "partial": True})
+        return save
+
+    for i, t in enumerate(args.tasks):
+        name = TASK_NAMES[t]
+        print(f"{name}: {args.planner} K={cfg.num_samples} H={cfg.horizon}, MLP {cfg.hidden}, "
+              f"{args.rollouts_per_round} environments, {cfg.iterations} rounds, {seeds} seeds")
+        left = None if limit is None else limit - (time.perf_counter() - start)
+        results[name] = aggregation_study(
+            name, cfg, seeds, jax.random.fold_in(jax.random.PRNGKey(args.seed), i),
+            num_envs=args.rollouts_per_round, seed=args.seed, planner=args.planner,
+            warm_start=warm, time_limit=left, on_round=partial(name))
+    rows = []
+    for name, res in results.items():
+        for r, steps in enumerate(res["env_steps"]):
+            flipped = np.mean([f[r] for f in res["flipped_fraction"]])
+            rows.append([name, steps, f"{res['mean_return'][r]:.1f} ± {res['ci95_return'][r]:.1f}",
+                         " ".join(f"{x[r]:.0f}" for x in res["returns"]), f"{flipped:.2f}"])
+    table = _common.markdown_table(["task", "model fitted on (steps)", "return (95% t)",
+                                    "per seed", "flipped"], rows)
+    print("\n" + table)
+    mbrl_plots.aggregation_plot(results, png)
+    print(f"plot: {png}")
+    return {"tasks": results, "task_settings": cfg._asdict(), "planner": args.planner,
+            "warm_start": warm, "seeds": seeds, "table": table,
+            "total_seconds": time.perf_counter() - start, "plot": "aggregation.png"}
+
+
 def run(args: argparse.Namespace, out_dir: str) -> dict:
     """Runs the experiments of `jaxctl mpc`; returns the figures for results.json."""
     warm = {"on": True, "off": False}.get(args.warm_start, args.planner != "random_shooting")
+    if args.rollouts_per_round is not None:
+        return run_study(args, out_dir, warm)
     key = jax.random.PRNGKey(args.seed)
     results: dict[str, Any] = {}
     settings: dict[str, Any] = {}

@@ -1,0 +1,53 @@
+"""The figure of `jaxctl mpc --rollouts-per-round N`: return against environment steps.
+
+Per task: the mean over seeds with a 95% Student-t band, each seed as a
+thin line, the random policy, and for HalfCheetah the published figures as
+references (other rewards and benchmarks, so not directly comparable):
+Nagabandi et al. (2018), about +200 at 10k and +600 at 60k steps (their
+plot, rllab reward `v_x - 0.05 ||a||^2`), and the MBBL benchmark's random
+shooting, 421 +- 55 at 200k steps (Wang et al. 2019, gym reward).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxctl.apps.plots import _pyplot, _save
+
+PAPER_POINTS = ((10_000, 200.0), (60_000, 600.0))  # Nagabandi et al. (2018), read off their plot
+MBBL_RANDOM_SHOOTING = (200_000, 421.0, 55.0)  # Wang et al. (2019), mean +- std at 200k steps
+
+
+def aggregation_plot(results: dict, path: str) -> str:
+    """One panel per task of `results` (each an `aggregation_study` result)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 5), squeeze=False)
+    for ax, (name, res) in zip(axes[0], results.items()):
+        x = np.asarray(res["env_steps"], float) / 1000
+        runs = np.asarray(res["returns"], float).reshape(-1, len(x))
+        mean = np.asarray(res["mean_return"], float)
+        half = np.nan_to_num(np.asarray(res["ci95_return"], float))
+        for i, r in enumerate(runs):
+            ax.plot(x, r, "-", lw=0.8, alpha=0.6, color="tab:blue",
+                    label="single seeds" if i == 0 else None)
+        ax.plot(x, mean, "o-", lw=2, color="tab:blue", label=f"mean of {len(runs)} seeds")
+        if len(runs) > 1:
+            ax.fill_between(x, mean - half, mean + half, color="tab:blue", alpha=0.2,
+                            label="95% t-interval")
+        ax.axhline(res["random_return_mean"], color="gray", ls="--", label="random policy")
+        if name.startswith("HalfCheetah"):
+            px, py = zip(*PAPER_POINTS)
+            ax.plot(np.asarray(px) / 1000, py, "s", color="tab:red", ms=8,
+                    label="Nagabandi et al. 2018 (their plot, rllab reward)")
+            bx, by, bs = MBBL_RANDOM_SHOOTING
+            ax.errorbar([bx / 1000], [by], yerr=[bs], fmt="D", color="tab:green", capsize=4,
+                        label="MBBL random shooting (gym reward, benchmark)")
+            ax.set_xlim(0, bx / 1000 * 1.05)
+        n_roll = res["rollouts_per_round"]
+        ax.set(xlabel="environment steps the model was fitted on (thousands)",
+               ylabel=f"return per rollout ({res.get('episode_steps', 1000)} steps)",
+               title=f"{name}: {n_roll} MPC rollouts per round, "
+                     f"{res['rounds_completed']} of {res['rounds_requested']} rounds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, None, path)
