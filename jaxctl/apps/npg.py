@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def prepare(args: argparse.Namespace) -> None:
     """`--quick` caps the sizes (flags are range-checked by argparse already)."""
     if args.quick and args.task:
-        args.seeds, args.iterations = min(args.seeds, 2), min(args.iterations, 3)
+        args.seeds, args.iterations = min(args.seeds, 2), min(args.iterations, 2)
         args.trajectories = args.trajectories or 2
     elif args.quick:
         args.sessions, args.batches = min(args.sessions, 3), min(args.batches, 20)

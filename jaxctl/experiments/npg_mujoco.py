@@ -37,6 +37,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable, NamedTuple
 
@@ -115,9 +116,16 @@ def baseline_features(obs: jax.Array, t: jax.Array) -> jax.Array:
 
 def make_agent(cfg: MujocoSettings, obs_dim: int, action_dim: int, low: np.ndarray,
                high: np.ndarray) -> tuple[Policy, Callable, Callable, Callable]:
-    """`(policy, init(key) -> State, act(state, key, t, obs) -> actions, update(state, batch))`,
-    `act` and `update` jitted; `update` returns `(state, metrics)`."""
+    """`(policy, init(key) -> State, act(state, key, t, obs) -> (raw, clipped actions),
+    update(state, batch) -> (state, metrics))`, `act` and `update` jitted; one set (and one
+    compilation) per settings, sizes and action box."""
     check_settings(cfg)
+    return _make_agent(cfg, obs_dim, action_dim, tuple(np.asarray(low, np.float32).tolist()),
+                       tuple(np.asarray(high, np.float32).tolist()))
+
+
+@functools.lru_cache(maxsize=16)
+def _make_agent(cfg: MujocoSettings, obs_dim: int, action_dim: int, low: tuple, high: tuple):
     policy = gaussian_policy(obs_dim, action_dim, hidden=(), log_std_init=cfg.log_std_init)
     opt = npg(cfg.delta, fisher="cg", damping=cfg.damping, cg_maxiter=cfg.cg_iters)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
