@@ -85,6 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MuJoCo: stop a seed after this wall time (0: no cap)")
     parser.add_argument("--mujoco-delta", type=real(0, low_open=True), default=0.05,
                         help="MuJoCo: normalized NPG step size (mjrl's Hopper config)")
+    parser.add_argument("--mujoco-gamma", type=real(0, 1), default=0.995,
+                        help="MuJoCo: discount (mjrl's configs)")
 
 
 def prepare(args: argparse.Namespace) -> None:
@@ -262,7 +264,7 @@ def mujoco_study(args, out_dir: str) -> dict:
     rows = []
     for task in args.task:
         cfg = MujocoSettings(task=task, num_traj=args.trajectories or MUJOCO_TRAJ[task],
-                             delta=args.mujoco_delta)
+                             delta=args.mujoco_delta, gamma=args.mujoco_gamma)
         threshold = THRESHOLDS[task]
         logs = []
         for seed in range(args.seed, args.seed + args.seeds):
