@@ -60,6 +60,7 @@ from jaxctl.models.dynamics import (
 )
 from jaxctl.models.dynamics_training import dynamics_evaluate, dynamics_train, open_loop_prediction
 from jaxctl.models.mlp import mlp_apply, mlp_init
+from jaxctl.models.particles import ParticlePlan, plan_with_particles
 from jaxctl.models.policies import (
     Policy,
     ValueFunction,
@@ -120,6 +121,7 @@ __all__ = [
     "MartensCGResult",
     "NPGState",
     "NormStats",
+    "ParticlePlan",
     "PlanResult",
     "Policy",
     "RNNOutputs",
@@ -169,6 +171,7 @@ __all__ = [
     "npg",
     "open_loop_prediction",
     "per_sample_grads",
+    "plan_with_particles",
     "random_shooting",
     "rate_apply",
     "ravel_per_sample",

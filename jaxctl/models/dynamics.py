@@ -11,8 +11,13 @@ squared error of `f_theta` against the z-scored deltas with optax (Adam,
 mini-batches), adding Gaussian noise to the z-scored inputs and targets
 (`noise_std`). An ensemble stacks `E` independently initialised MLPs on a
 leading axis; each member draws its own mini-batches and `dynamics_predict`
-averages the members. All functions act on one unbatched transition (vmap
-for batches) or on a whole data set where stated, and are jittable.
+averages the members. A Gaussian head (`head="gaussian"`, Chua et al. 2018)
+doubles the output: `f_theta` gives the mean and a log-variance of the
+z-scored change, trained by negative log-likelihood; its mean is what
+`dynamics_predict` uses, its samples are what trajectory sampling
+(`jaxctl.models.particles`) propagates. All functions act on one unbatched
+transition (vmap for batches) or on a whole data set where stated, and are
+jittable.
 Training and evaluation are in `jaxctl.models.dynamics_training`.
 
 Rows of a data set that hold a non-finite entry (a diverged simulation, a
@@ -24,7 +29,7 @@ References:
   ICRA, https://arxiv.org/abs/1708.02596.
   Chua, Calandra, McAllister, Levine (2018), "Deep reinforcement learning in
   a handful of trials using probabilistic dynamics models",
-  https://arxiv.org/abs/1805.12114 (ensembles).
+  https://arxiv.org/abs/1805.12114 (ensembles, Gaussian heads).
 """
 
 from __future__ import annotations
@@ -176,8 +181,15 @@ def normalization_stats(data: Transitions, count: jax.Array | int | None = None,
     return NormStats(sm, ss, am, as_, dm, ds)
 
 
+HEADS = ("deterministic", "gaussian")
+# Soft bounds of a Gaussian head's log-variance in z-scored units (the initial
+# values of the learned bounds of Chua et al. 2018; here fixed).
+LOGVAR_MAX, LOGVAR_MIN = 0.5, -10.0
+
+
 def dynamics_init(key: jax.Array, stats: NormStats, hidden_sizes: Sequence[int] = (500,), *,
-                  activation: str = "relu", ensemble_size: int | None = None) -> DynamicsModel:
+                  activation: str = "relu", ensemble_size: int | None = None,
+                  head: str = "deterministic") -> DynamicsModel:
     """A fresh dynamics model `n + m -> hidden -> n` (or an ensemble of E of them).
 
     Args:
@@ -188,6 +200,8 @@ def dynamics_init(key: jax.Array, stats: NormStats, hidden_sizes: Sequence[int] 
       activation: hidden activation; Nagabandi et al. (2018) use ReLU.
       ensemble_size: `None` for one MLP, or E >= 1 members stacked on a
         leading axis of every parameter.
+      head: `"deterministic"` (the change itself, Nagabandi et al. 2018) or
+        `"gaussian"` (`2n` outputs: mean and log-variance, Chua et al. 2018).
 
     Returns:
       `DynamicsModel`.
@@ -203,8 +217,10 @@ def dynamics_init(key: jax.Array, stats: NormStats, hidden_sizes: Sequence[int] 
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    checks.check_choice("head", head, HEADS)
     n, m = stats.state_mean.shape[0], stats.action_mean.shape[0]
-    sizes = (n + m, *(checks.check_positive_int("hidden_sizes", h) for h in hidden_sizes), n)
+    out = 2 * n if head == "gaussian" else n
+    sizes = (n + m, *(checks.check_positive_int("hidden_sizes", h) for h in hidden_sizes), out)
     dtype = stats.state_mean.dtype
     if ensemble_size is None:
         params = mlp_init(key, sizes, dtype=dtype)
@@ -239,13 +255,46 @@ def ensemble_size(model: DynamicsModel) -> int | None:
     return None if w.ndim == 2 else w.shape[0]
 
 
-def normalized_delta(params: Any, model: DynamicsModel, state: jax.Array,
-                     action: jax.Array) -> jax.Array:
-    """`f_theta(z(s), z(a))`: one MLP's predicted state change in z-scored units, `(n,)`."""
+def is_gaussian(model: DynamicsModel) -> bool:
+    """Whether the model has Gaussian heads (`2n` outputs), read from static shapes.
+
+    Example:
+      >>> st = NormStats(*(jnp.ones(k) for k in (3, 3, 1, 1, 3, 3)))
+      >>> is_gaussian(dynamics_init(jax.random.PRNGKey(0), st, (8,), head="gaussian"))
+      True
+    """
+    return model.params[-1]["b"].shape[-1] == 2 * model.stats.state_mean.shape[0]
+
+
+def bounded_logvar(raw: jax.Array) -> jax.Array:
+    """Soft clamp of a raw log-variance into `(LOGVAR_MIN, LOGVAR_MAX)` (Chua et al. 2018).
+
+    `v = hi - softplus(hi - raw)`, then `lo + softplus(v - lo)`: smooth, and
+    close to the identity well inside the bounds.
+    """
+    v = LOGVAR_MAX - jax.nn.softplus(LOGVAR_MAX - raw)
+    return LOGVAR_MIN + jax.nn.softplus(v - LOGVAR_MIN)
+
+
+def normalized_gaussian(params: Any, model: DynamicsModel, state: jax.Array,
+                        action: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """One MLP's z-scored change: `(mean (n,), log-variance (n,))`, the
+    log-variance `None` for a deterministic head."""
     st = model.stats
     x = jnp.concatenate([(state - st.state_mean) / st.state_std,
                          (action - st.action_mean) / st.action_std])
-    return mlp_apply(params, x, model.activation)
+    out = mlp_apply(params, x, model.activation)
+    n = st.state_mean.shape[0]
+    if out.shape[-1] == n:
+        return out, None
+    return out[:n], bounded_logvar(out[n:])
+
+
+def normalized_delta(params: Any, model: DynamicsModel, state: jax.Array,
+                     action: jax.Array) -> jax.Array:
+    """`f_theta(z(s), z(a))`: one MLP's predicted state change (a Gaussian head's
+    mean) in z-scored units, `(n,)`."""
+    return normalized_gaussian(params, model, state, action)[0]
 
 
 def _check_io(model: DynamicsModel, state, action):

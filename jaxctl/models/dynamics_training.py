@@ -5,7 +5,12 @@ Notation as there: `n` state size, `m` action size, `N` rows of a data set,
 loss of one MLP is the mean squared error of its predicted state change in
 z-scored units,
 
-    L = (1/B) sum_i ||f(z(s_i), z(a_i)) - (s'_i - s_i - mu_d) / sigma_d||^2 / n.
+    L = (1/B) sum_i ||f(z(s_i), z(a_i)) - (s'_i - s_i - mu_d) / sigma_d||^2 / n;
+
+a Gaussian head (mean `mu`, log-variance `v`) minimises the negative
+log-likelihood of the same target `y` instead (Chua et al. 2018),
+
+    L = (1/B) sum_i (1/2n) sum_j [(mu_ij - y_ij)^2 exp(-v_ij) + v_ij].
 
 Training draws mini-batches among the valid rows (index `< count`, every
 entry finite) and applies an optax update only when the loss and the new
@@ -17,6 +22,8 @@ References:
   model-based deep reinforcement learning with model-free fine-tuning",
   ICRA, https://arxiv.org/abs/1708.02596.
   Kingma & Ba (2015), https://arxiv.org/abs/1412.6980 (Adam).
+  Chua, Calandra, McAllister, Levine (2018), https://arxiv.org/abs/1805.12114
+  (Gaussian heads trained by negative log-likelihood).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from jaxctl.models.dynamics import (
     check_data,
     dynamics_predict,
     ensemble_size,
-    normalized_delta,
+    normalized_gaussian,
     valid_rows,
 )
 from jaxctl.util import checks
@@ -44,9 +51,11 @@ from jaxctl.util import checks
 
 def dynamics_loss(params: Any, model: DynamicsModel, batch: Transitions,
                   weights: jax.Array | None = None) -> jax.Array:
-    """Mean squared error of one MLP in z-scored delta units.
+    """Mean squared error of one MLP in z-scored delta units (Gaussian head: the NLL).
 
-    `L = (1/B) sum_i w_i ||f(z(s_i), z(a_i)) - (s'_i - s_i - mu_d) / sigma_d||^2 / n`.
+    `L = (1/B) sum_i w_i ||f(z(s_i), z(a_i)) - y_i||^2 / n`, `y_i = (s'_i - s_i - mu_d) / sigma_d`;
+    a Gaussian head `(mu, v)` gives `(1/B) sum_i w_i (1/2n) sum_j [(mu_ij - y_ij)^2 e^{-v_ij} + v_ij]`
+    (the negative log-likelihood up to the constant `log(2 pi) / 2`).
 
     Args:
       params: one MLP's parameters (no ensemble axis).
@@ -66,13 +75,17 @@ def dynamics_loss(params: Any, model: DynamicsModel, batch: Transitions,
       ()
 
     References:
-      Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596, Eq. (2).
+      Nagabandi et al. (2018), https://arxiv.org/abs/1708.02596, Eq. (2);
+      Chua et al. (2018), https://arxiv.org/abs/1805.12114, Eq. (1) (NLL).
     """
     st = model.stats
-    pred = jax.vmap(lambda s, a: normalized_delta(params, model, s, a))(batch.states,
-                                                                       batch.actions)
+    mean, logvar = jax.vmap(lambda s, a: normalized_gaussian(params, model, s, a))(
+        batch.states, batch.actions)
     target = (batch.next_states - batch.states - st.delta_mean) / st.delta_std
-    per_row = jnp.mean((pred - target) ** 2, axis=-1)
+    if logvar is None:
+        per_row = jnp.mean((mean - target) ** 2, axis=-1)
+    else:
+        per_row = 0.5 * jnp.mean((mean - target) ** 2 * jnp.exp(-logvar) + logvar, axis=-1)
     if weights is None:
         return jnp.mean(per_row)
     return jnp.sum(weights * per_row)
