@@ -122,3 +122,21 @@ def test_bad_flags_exit_2(flags, capsys, tmp_path):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_summary_and_plot_of_a_study(tmp_path):
+    from jaxctl.apps.mbrl_plots import aggregation_plot
+    from jaxctl.experiments.aggregation_study import summarize
+
+    out = {"env_steps": [10_000, 20_000], "returns": [[-200.0, 10.0], [-100.0, 30.0]],
+           "flipped_fraction": [[0.5, 0.0], [1.0, 0.25]], "rollouts_per_round": 10,
+           "episode_steps": 1000, "random_return_mean": -280.0, "rounds_requested": 9,
+           "mpc_steps": 40_000, "round_seconds": [100.0, 100.0]}
+    res = summarize(out, 250.0)
+    assert res["mean_return"] == [-150.0, 20.0] and res["rounds_completed"] == 2
+    # Two seeds: t_{0.975, 1} = 12.7062, s = |a - b| / sqrt(2), half = t s / sqrt(2).
+    assert abs(res["ci95_return"][0] - 12.7062 * 50.0) < 0.01
+    assert res["loop_env_steps_per_second"] == 200.0
+    png = tmp_path / "a.png"
+    aggregation_plot({"HalfCheetah-v5": res}, str(png))
+    assert png.stat().st_size > 10_000

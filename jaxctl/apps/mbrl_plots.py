@@ -19,10 +19,12 @@ MBBL_RANDOM_SHOOTING = (200_000, 421.0, 55.0)  # Wang et al. (2019), mean +- std
 
 
 def aggregation_plot(results: dict, path: str) -> str:
-    """One panel per task of `results` (each an `aggregation_study` result)."""
+    """Per task of `results` (each an `aggregation_study` result): the return panel and the
+    fraction of steps spent flipped (`|pitch| > pi/2`)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 5), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
+    fig, axes = plt.subplots(len(results), 2, figsize=(13, 5 * len(results)), squeeze=False,
+                             gridspec_kw={"width_ratios": (2, 1)})
+    for (ax, ax_flip), (name, res) in zip(axes, results.items()):
         x = np.asarray(res["env_steps"], float) / 1000
         runs = np.asarray(res["returns"], float).reshape(-1, len(x))
         mean = np.asarray(res["mean_return"], float)
@@ -30,7 +32,8 @@ def aggregation_plot(results: dict, path: str) -> str:
         for i, r in enumerate(runs):
             ax.plot(x, r, "-", lw=0.8, alpha=0.6, color="tab:blue",
                     label="single seeds" if i == 0 else None)
-        ax.plot(x, mean, "o-", lw=2, color="tab:blue", label=f"mean of {len(runs)} seeds")
+        ax.errorbar(x, mean, yerr=half if len(runs) > 1 else None, fmt="o-", lw=2, capsize=3,
+                    color="tab:blue", label=f"mean of {len(runs)} seeds")
         if len(runs) > 1:
             ax.fill_between(x, mean - half, mean + half, color="tab:blue", alpha=0.2,
                             label="95% t-interval")
@@ -49,5 +52,14 @@ def aggregation_plot(results: dict, path: str) -> str:
                title=f"{name}: {n_roll} MPC rollouts per round, "
                      f"{res['rounds_completed']} of {res['rounds_requested']} rounds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center right")
+        flips = np.asarray(res["flipped_fraction"], float).reshape(-1, len(x))
+        for i, f in enumerate(flips):
+            ax_flip.plot(x, f, "o-", lw=0.8, ms=3, label=f"seed {i}")
+        ax_flip.set(xlabel="environment steps the model was fitted on (thousands)",
+                    ylabel="fraction of MPC steps with |pitch| > pi/2", ylim=(-0.02, 1.02),
+                    xlim=(0, 1.1 * x.max() + 5),
+                    title=f"{name}: time spent flipped")
+        ax_flip.grid(alpha=0.3)
+        ax_flip.legend(fontsize=7)
     return _save(fig, None, path)
