@@ -191,8 +191,11 @@ class Aggregation:
       >>> cfg = nagabandi_settings(hidden=(16,), num_samples=8, horizon=2, episode_steps=5,
       ...                          random_episodes=2, iterations=1, epochs=1, retrain_epochs=1)
       >>> agg = Aggregation(envs, cfg, forward_velocity_reward(3, 1e-4), jax.random.PRNGKey(0))
-      >>> agg.round().returns.shape
-      (2,)
+      >>> agg.random_returns.shape, agg.buffer.count
+      ((2,), 10)
+
+      Then `result = agg.round()` fits the model and returns the two MPC
+      rollouts' `result.returns`, once per round.
     """
 
     def __init__(self, envs: Any, settings: MBRLSettings, reward: Callable, key: jax.Array, *,
