@@ -6,6 +6,10 @@
   (DeWolf 2018; Rajeswaran et al. 2017);
 - `mbrl`, `mbrl_pendulum`, `mbrl_mujoco`: learned dynamics + MPC with data
   aggregation (Nagabandi et al. 2018);
+- `aggregation`, `aggregation_study`: N gymnasium environments planned in one
+  batched call per step, seeds run round by round (Nagabandi et al. 2018);
+- `npg_mujoco`: linear-policy NPG on gymnasium MuJoCo vector environments
+  (Rajeswaran et al. 2017);
 - `spiking_digits`, `spiking_digits_study`: a rate conv net converted to
   spiking neurons on the 8x8 digits (DeWolf 2020);
 - `spiking_cartpole`: an NPG-trained ReLU policy run as spiking neurons in
