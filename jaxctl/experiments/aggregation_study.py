@@ -1,6 +1,6 @@
 """Several seeds of the aggregation loop, round by round, with a wall-time budget.
 
-The seeds advance together (round r of every seed, then round r + 1), so a
+All seeds advance together (round r of every seed, then round r + 1), so a
 run stopped by its time limit leaves every seed with the same number of
 rounds; `on_round(result)` is called after each completed round (write
 partial results there). Summaries are means over seeds with a 95%
@@ -21,17 +21,14 @@ import numpy as np
 from jaxctl.envs.mbrl_tasks import FORWARD_TASKS, forward_velocity_reward
 from jaxctl.experiments.aggregation import PITCH_INDEX, Aggregation
 from jaxctl.experiments.mbrl import MBRLSettings
+from jaxctl.experiments.npg_sessions import confidence_interval
 
 
 def t_interval(values: Any) -> tuple[float, float]:
     """`(mean, half width)` of the 95% Student-t interval over the first axis (nan for one value)."""
-    from scipy import stats
-
     v = np.asarray(values, np.float64)
-    if len(v) < 2:
-        return float(np.mean(v)), float("nan")
-    half = stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
-    return float(np.mean(v)), float(half)
+    mean, half = confidence_interval(v)
+    return float(mean), float(half) if len(v) >= 2 else float("nan")
 
 
 def aggregation_study(env_name: str, settings: MBRLSettings, seeds: int, key: jax.Array, *,
@@ -57,7 +54,7 @@ def aggregation_study(env_name: str, settings: MBRLSettings, seeds: int, key: ja
     reward = forward_velocity_reward(task.velocity_index, task.ctrl_cost_weight)
     t_start = time.perf_counter()
     runs: list[Aggregation] = []
-    for s in range(seeds):  # the seeds share one compiled trainer and planner
+    for s in range(seeds):  # every seed shares one compiled trainer and planner
         runs.append(Aggregation([gymnasium.make(env_name) for _ in range(num_envs)], settings,
                                 reward, jax.random.fold_in(key, s), seed=seed + s,
                                 planner=planner, warm_start=warm_start,

@@ -284,9 +284,9 @@ def normalized_gaussian(params: Any, model: DynamicsModel, state: jax.Array,
     x = jnp.concatenate([(state - st.state_mean) / st.state_std,
                          (action - st.action_mean) / st.action_std])
     out = mlp_apply(params, x, model.activation)
-    n = st.state_mean.shape[0]
-    if out.shape[-1] == n:
+    if not is_gaussian(model):
         return out, None
+    n = st.state_mean.shape[0]
     return out[:n], bounded_logvar(out[n:])
 
 
