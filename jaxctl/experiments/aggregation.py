@@ -1,4 +1,4 @@
-"""Data aggregation with N gymnasium environments stepped together (Nagabandi et al. 2018).
+"""Data aggregation with N environments stepped together (Nagabandi et al. 2018).
 
 One round: fit the dynamics model `f(s, a) -> s' - s` on every transition
 collected so far (the normalisation statistics are recomputed from the
@@ -7,14 +7,29 @@ at every step the N observations are planned in ONE jitted call
 (`jit_planner(...).batched`, a vmap over states and keys with the model and
 the bounds shared), and each environment takes its own first action. The
 new transitions join the buffer for the next round. Before the first round,
-`settings.random_episodes` rollouts of uniform random actions fill it.
+`settings.random_episodes` rollouts of uniform random actions fill it. The
+environments are gymnasium ones (a list, a `SyncVectorEnv`, or one) or
+gymnax environment objects (`GymnaxAsGymnasium`).
 
 The recipe of Nagabandi et al. (2018) for HalfCheetah (their
 `cheetah_forward.yaml`) is `MBRLSettings(hidden=(500,), num_samples=1000,
 horizon=20, episode_steps=1000, random_episodes=10, iterations=9,
 mpc_episodes=10, epochs=60, retrain_epochs=60, batch_size=512,
 learning_rate=1e-3)` (`nagabandi_settings`), with random shooting and no
-warm start.
+warm start. Where this loop differs from their released code:
+
+* mini-batches draw uniformly from the whole buffer; theirs take 90% of
+  each batch from the aggregated MPC data and 10% from the random data
+  (`fraction_use_new: 0.9`);
+* the normalisation statistics are recomputed from the whole buffer every
+  round; theirs stay those of the random data;
+* every MPC rollout joins the buffer; theirs keep 9 of the 10
+  (`rollouts_forTraining: 9`), and their yaml runs 7 rounds, not 9;
+* the planned action is executed as is; theirs adds `N(0, 0.005^2)` noise
+  to it (`noise_actions_during_MPC_rollouts`);
+* training noise is drawn afresh per mini-batch, in units of each column's
+  spread (`jaxctl.models.dynamics_training.dynamics_train` explains the
+  difference).
 
 Posture: HalfCheetah-v5's observation is `qpos[1:]` followed by `qvel`, so
 index 1 is `rooty`, the torso pitch in radians (Gymnasium documentation,
@@ -40,7 +55,7 @@ import numpy as np
 
 import jaxctl.control.simulate as _sim
 from jaxctl.control.planning import jit_planner
-from jaxctl.envs.mbrl_tasks import Episode
+from jaxctl.envs.mbrl_tasks import Episode, GymnaxAsGymnasium
 from jaxctl.experiments.mbrl import (Buffer, MBRLSettings, ModelState, ModelTrainer, fit,
                                      planner_budget)
 import jaxctl.models.dynamics as dyn
@@ -56,9 +71,18 @@ def nagabandi_settings(**changes: Any) -> MBRLSettings:
 
 
 def environments(envs: Any) -> list:
-    """The N gymnasium environments of a list or a `gymnasium.vector.SyncVectorEnv` (its `.envs`,
-    stepped one by one here, so its auto-reset never applies); checks N >= 1 and equal sizes."""
-    envs = list(getattr(envs, "envs", envs))
+    """The N environments of `envs`, as gymnasium-style objects; checks N >= 1 and equal sizes.
+
+    `envs` is one environment or a list of them, gymnasium or gymnax (a
+    gymnax object is wrapped in `GymnaxAsGymnasium` with its default
+    parameters; wrap it yourself for others), or a
+    `gymnasium.vector.SyncVectorEnv` (its `.envs`, stepped one by one here,
+    so its auto-reset never applies).
+    """
+    if hasattr(envs, "step_env") or (hasattr(envs, "step") and not hasattr(envs, "envs")):
+        envs = [envs]
+    envs = [GymnaxAsGymnasium(e) if hasattr(e, "step_env") else e
+            for e in getattr(envs, "envs", envs)]
     if not envs:
         raise ValueError("envs must hold at least one environment, got N = 0")
     shapes = [(e.observation_space.shape, e.action_space.shape) for e in envs]
@@ -78,7 +102,7 @@ def step_together(envs: Sequence, policy: Callable[[int, np.ndarray], np.ndarray
     truncation is ignored, the length is `num_steps`.
 
     Args:
-      envs: N gymnasium environments.
+      envs: N gymnasium-style environments (see `environments`).
       policy: `policy(t, observations (N, n)) -> actions (N, m)` (numpy).
       num_steps: T.
       seeds: N reset seeds.
@@ -164,7 +188,7 @@ class RoundResult(NamedTuple):
 
 
 class Aggregation:
-    """The aggregation loop of Nagabandi et al. (2018) over N gymnasium environments.
+    """The aggregation loop of Nagabandi et al. (2018) over N environments.
 
     `Aggregation(envs, settings, reward, key)` collects the random
     rollouts; each `round()` fits the model on the whole buffer and runs
@@ -172,7 +196,8 @@ class Aggregation:
     (`settings.mpc_episodes` is not used: N is the number of environments).
 
     Args:
-      envs: a list of N gymnasium environments or a `SyncVectorEnv`.
+      envs: N environments: gymnasium or gymnax, in a list, a `SyncVectorEnv`, or
+        one of them (`environments`).
       settings: `MBRLSettings` (sizes, training; `iterations` sizes the buffer).
       reward: the planner's `reward(s, a, s') -> ()`, pure JAX.
       key: PRNG key.

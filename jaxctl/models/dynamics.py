@@ -8,8 +8,9 @@ predicts the state change in normalised units,
 where `(mu, sigma)` are per-dimension statistics of the data (`NormStats`)
 and `f_theta` is an MLP (`jaxctl.models.mlp`). Training minimises the mean
 squared error of `f_theta` against the z-scored deltas with optax (Adam,
-mini-batches), adding Gaussian noise to the z-scored inputs and targets
-(`noise_std`). An ensemble stacks `E` independently initialised MLPs on a
+mini-batches), adding fresh Gaussian noise to the z-scored inputs and
+targets of every mini-batch (`noise_std`; how this differs from the paper's
+once-perturbed data is in `dynamics_train`). An ensemble stacks `E` independently initialised MLPs on a
 leading axis; each member draws its own mini-batches and `dynamics_predict`
 averages the members. A Gaussian head (`head="gaussian"`, Chua et al. 2018)
 doubles the output: `f_theta` gives the mean and a log-variance of the

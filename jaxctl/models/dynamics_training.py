@@ -113,11 +113,24 @@ def dynamics_train(model: DynamicsModel, opt_state: Any, data: Transitions, key:
 
     Each step draws B rows uniformly (with replacement) among the valid rows
     (index `< count`, every entry finite; each ensemble member its own
-    batch), adds `N(0, noise_std^2)` noise to the z-scored inputs and targets
-    (the data augmentation of Nagabandi et al. 2018), and applies
-    `optimizer.update`; a step whose loss or new parameters are not finite,
-    or that finds no valid row, is skipped. The statistics in `model` are
-    kept; recompute them with `normalization_stats` when the data grows.
+    batch), perturbs them (below), and applies `optimizer.update`; a step
+    whose loss or new parameters are not finite, or that finds no valid row,
+    is skipped. The statistics in `model` are kept; recompute them with
+    `normalization_stats` when the data grows.
+
+    The perturbation adds independent `N(0, noise_std^2)` noise, in z-scored
+    units, to the state, the action and the target change of every drawn
+    row, fresh at every step. Nagabandi et al. (2018) perturb the stored
+    data instead: their code adds noise once to the states and to the state
+    changes as the data enter the set (not to the actions), with a standard
+    deviation of 0.01 times each column's mean. Noise on the inputs smooths
+    the model between the visited points; noise on the targets stands for
+    dynamics the data did not see exactly (a next state is never perfectly
+    known given the state and the action). Here the scale is each column's
+    spread rather than its mean (a velocity's mean is near zero, which
+    would switch its noise off), fresh draws do not fix one perturbed copy
+    for all epochs, and the actions are perturbed too, since the planner
+    searches over them and profits from a model that is smooth in them.
 
     Args:
       model: `DynamicsModel` to train.
