@@ -246,6 +246,7 @@ class Aggregation:
         self.state: ModelState | None = None
         self.rounds_done = 0
         self.random_returns = self._random_rollouts()
+        self.random_count = self.buffer.count  # rows before it are random, after it MPC
 
     def _random_rollouts(self) -> np.ndarray:
         """Fills the buffer with `random_episodes` uniform-random rollouts; returns their returns."""

@@ -62,7 +62,8 @@ NG_LIN_EPISODES = {"swimmer": 1450, "hopper": 13920, "halfcheetah": 11250, "walk
 
 
 class MujocoSettings(NamedTuple):
-    """Settings of one NPG run (defaults: mjrl's, see the module docstring)."""
+    """Settings of one NPG run (defaults: mjrl's, see the module docstring); `hidden` gives the
+    policy mean's tanh MLP widths (`()`: linear, Rajeswaran et al. 2017)."""
     task: str = "swimmer"
     num_traj: int = 10
     horizon: int = 1000
@@ -73,6 +74,7 @@ class MujocoSettings(NamedTuple):
     lam: float = 0.97
     log_std_init: float = -0.5
     baseline_reg: float = 1e-5
+    hidden: tuple[int, ...] = ()
 
 
 class State(NamedTuple):
@@ -99,6 +101,8 @@ def check_settings(cfg: MujocoSettings) -> MujocoSettings:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {cfg.task!r}")
     for name in ("num_traj", "horizon", "cg_iters"):
         check_positive_int(name, getattr(cfg, name))
+    for width in cfg.hidden:
+        check_positive_int("hidden", width)
     check_finite_positive("delta", cfg.delta)
     for name in ("damping", "baseline_reg"):
         check_scalar(name, getattr(cfg, name), low=0.0)
@@ -126,7 +130,8 @@ def make_agent(cfg: MujocoSettings, obs_dim: int, action_dim: int, low: np.ndarr
 
 @functools.lru_cache(maxsize=16)
 def _make_agent(cfg: MujocoSettings, obs_dim: int, action_dim: int, low: tuple, high: tuple):
-    policy = gaussian_policy(obs_dim, action_dim, hidden=(), log_std_init=cfg.log_std_init)
+    policy = gaussian_policy(obs_dim, action_dim, hidden=tuple(cfg.hidden),
+                             log_std_init=cfg.log_std_init)
     opt = npg(cfg.delta, fisher="cg", damping=cfg.damping, cg_maxiter=cfg.cg_iters)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
 
@@ -246,9 +251,12 @@ def make_envs(task: str, num_envs: int, seed: int):
 
 
 def train(cfg: MujocoSettings, seed: int, iterations: int, max_seconds: float = float("inf"),
-          threshold: float | None = None, callback: Callable | None = None) -> dict:
+          threshold: float | None = None, callback: Callable | None = None,
+          init_state: State | None = None, return_state: bool = False) -> dict:
     """NPG on `cfg.task` for `iterations` (or until `max_seconds` of wall time); per iteration the
-    mean return of its N trajectories, cumulative env steps and wall seconds.
+    mean return of its N trajectories, cumulative env steps and wall seconds. `init_state` (e.g.
+    a policy distilled by `jaxctl.experiments.mbmf.distill`) replaces the random initial state;
+    `return_state=True` returns `(log, final State)`.
 
     Steps and seconds to `threshold` are those of the first iteration whose mean training return
     (stochastic policy, the N trajectories of that iteration) reaches it (None if never).
@@ -259,7 +267,7 @@ def train(cfg: MujocoSettings, seed: int, iterations: int, max_seconds: float = 
     obs_dim = envs.single_observation_space.shape[0]
     _, init, act, update = make_agent(cfg, obs_dim, space.shape[0], space.low, space.high)
     key, k_init = jax.random.split(jax.random.PRNGKey(seed))
-    state = init(k_init)
+    state = init(k_init) if init_state is None else init_state
     log = {"returns": [], "env_steps": [], "seconds": [], "step_size": [], "episodes": []}
     steps, start, hit = 0, time.perf_counter(), None
     for it in range(iterations):
@@ -283,7 +291,7 @@ def train(cfg: MujocoSettings, seed: int, iterations: int, max_seconds: float = 
     for name in ("env_steps", "seconds", "episodes"):
         log[f"{name}_to_threshold"] = None if hit is None else log[name][hit]
     log["steps_per_second"] = steps / log["seconds"][-1]
-    return log
+    return (log, state) if return_state else log
 
 
 def aligned_returns(logs: list[dict], points: int = 100) -> tuple[np.ndarray, np.ndarray]:
