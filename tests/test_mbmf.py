@@ -1,9 +1,11 @@
 """MB-MF (`jaxctl.experiments.mbmf`): behaviour cloning, DAgger labelled by MPC, NPG from it.
 
 Oracles: a least-squares fit (numpy) of a linear policy, the MPC planner
-called again on the stored DAgger states, and the observation count the NPG
-state carries on.
+called again on the stored DAgger states, the observation count the NPG
+state carries on, and the step counts of a `jaxctl npg --mbmf-rounds` run.
 """
+
+import json
 
 import gymnasium
 import jax
@@ -11,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxctl.apps import cli
 from jaxctl.envs.mbrl_tasks import FORWARD_TASKS, forward_velocity_reward
 from jaxctl.experiments.aggregation import Aggregation, nagabandi_settings
 from jaxctl.experiments.mbmf import behavior_clone, distill
@@ -104,3 +107,29 @@ def test_npg_continues_from_the_distilled_state(distilled):
     assert np.isfinite(log["returns"][0])
     fresh_log, fresh = train(NPG_CFG, seed=0, iterations=1, return_state=True)
     assert float(fresh.stats.count) == fresh_log["env_steps"][-1]
+
+
+def test_mbmf_command_writes_both_curves(tmp_path):
+    out = tmp_path / "run"
+    cli.main(["npg", "--quick", "--task", "swimmer", "--mbmf-rounds", "1", "--seeds", "1",
+              "--iterations", "1", "--out", str(out)])
+    res = json.loads((out / "results.json").read_text())["results"]["mbmf"]["swimmer"]
+    run = res["runs"][0]
+    # --quick: 2 random + 2 MPC rollouts of 50 steps, then 1 DAgger iteration of 2 rollouts.
+    assert run["model_based_steps"] == 6 * 50 and len(run["mpc_returns"]) == 1
+    finetune, scratch = run["finetune"], res["scratch_runs"][0]
+    # The fine-tuning counts the model-based steps; NPG from scratch starts at zero.
+    assert finetune["env_steps"][0] == 300 + scratch["env_steps"][0]
+    assert len(res["mbmf"]["returns"]) == len(res["scratch"]["returns"]) == 1
+    assert (out / "mbmf_swimmer.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flags", [["--mbmf-rounds", "2"],
+                                   ["--mbmf-rounds", "2", "--task", "hopper"],
+                                   ["--mbmf-rounds", "-1", "--task", "swimmer"]])
+def test_mbmf_bad_flags_exit_2(flags, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["npg", "--out", str(tmp_path / "run"), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

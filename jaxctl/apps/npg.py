@@ -2,7 +2,9 @@
 CartPole-v1 (the experiment of DeWolf 2018) and NPG on Pendulum-v1
 (`jaxctl.experiments.npg_sessions`); prints the table, writes the PNGs.
 With `--task swimmer,hopper,...`: linear-policy NPG on gymnasium MuJoCo
-(`jaxctl.experiments.npg_mujoco`, Rajeswaran et al. 2017) instead."""
+(`jaxctl.experiments.npg_mujoco`, Rajeswaran et al. 2017) instead; adding
+`--mbmf-rounds R`: MB-MF (`jaxctl.experiments.mbmf`, Nagabandi et al. 2018)
+against NPG from scratch."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 
 import jaxctl.apps.plots as plots
 from jaxctl.apps.common import markdown_table
-from jaxctl.apps.flags import integer, names, real
+from jaxctl.apps.flags import UsageError, integer, names, real
 from jaxctl.experiments.npg_sessions import NPGSettings, SessionTrainer, confidence_interval, \
     default_chunk, first_batch, group_keys, random_policy_return, session_keys
 from jaxctl.experiments.npg_mujoco import THRESHOLDS, NG_LIN_EPISODES, TASKS, MujocoSettings, \
@@ -25,6 +27,7 @@ VARIANTS = ("npg-damped", "npg-dewolf", "npg-cg", "pg-adam")
 # Trajectories per iteration: mjrl's Swimmer config uses 10; Hopper's early episodes last
 # ~20 steps, so it gets 20 (mjrl's Hopper config asks for 10000 samples instead).
 MUJOCO_TRAJ = {"swimmer": 10, "hopper": 20, "halfcheetah": 10, "walker2d": 20}
+MBMF_TASKS = {"halfcheetah", "swimmer"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,10 +90,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MuJoCo: normalized NPG step size (mjrl's Hopper config)")
     parser.add_argument("--mujoco-gamma", type=real(0, 1), default=0.995,
                         help="MuJoCo: discount (mjrl's configs)")
+    parser.add_argument("--mbmf-rounds", type=integer(0), default=0,
+                        help="MuJoCo (halfcheetah, swimmer): MB-MF of Nagabandi et al. 2018 "
+                             "instead: this many MPC aggregation rounds, DAgger into a 64-64 "
+                             "policy, NPG from it, against NPG from scratch with that policy "
+                             "(0: off)")
 
 
 def prepare(args: argparse.Namespace) -> None:
     """`--quick` caps the sizes (flags are range-checked by argparse already)."""
+    if args.mbmf_rounds:
+        if not args.task:
+            raise UsageError("--mbmf-rounds needs --task halfcheetah or swimmer")
+        if set(args.task) - MBMF_TASKS:
+            raise UsageError(f"--mbmf-rounds runs on halfcheetah and swimmer (a forward-velocity "
+                             f"reward the planner can use), got --task {','.join(args.task)}")
     if args.quick and args.task:
         args.seeds, args.iterations = min(args.seeds, 2), min(args.iterations, 2)
         args.trajectories = args.trajectories or 2
@@ -190,6 +204,8 @@ def group_study(args, out_dir: str) -> dict:
 def run(args, out_dir: str) -> dict:
     """Runs the CartPole variants (and NPG on Pendulum), writes PNGs; returns results.
     With `--groups N > 1`, the reliability study (`group_study`) instead."""
+    if args.task and args.mbmf_rounds:
+        return mbmf_study(args, out_dir)
     if args.task:
         return mujoco_study(args, out_dir)
     if args.groups > 1:
@@ -294,3 +310,63 @@ def mujoco_study(args, out_dir: str) -> dict:
     print(markdown_table(["task", "threshold", "steps to threshold", "episodes to threshold",
                           "NG-lin episodes (Mania 2018)", "final mean", "steps"], rows))
     return {"mujoco": results}
+
+
+def mbmf_study(args, out_dir: str) -> dict:
+    """MB-MF (`jaxctl.experiments.mbmf.run`) and NPG from scratch with the same 64-64 policy on
+    each `--task`, `--seeds` seeds; per task both aligned curves, the model-based phase's steps,
+    the steps each arm needs to reach the from-scratch run's final mean return, and a PNG."""
+    from jaxctl.apps.npg_mujoco_plot import mbmf_curve
+    from jaxctl.experiments import mbmf
+    from jaxctl.experiments.aggregation import nagabandi_settings
+
+    settings = mbmf.MBMFSettings(rounds=args.mbmf_rounds)
+    agg_settings = nagabandi_settings()
+    if args.quick:
+        settings = settings._replace(environments=2, dagger_iterations=1, epochs=5)
+        agg_settings = nagabandi_settings(hidden=(32,), num_samples=32, horizon=5,
+                                          episode_steps=50, random_episodes=2, epochs=2,
+                                          retrain_epochs=2)
+    results: dict[str, Any] = {}
+    rows = []
+    seconds = args.seconds_per_seed or float("inf")
+    for task in args.task:
+        cfg = MujocoSettings(task=task, num_traj=args.trajectories or MUJOCO_TRAJ[task],
+                             delta=args.mujoco_delta, gamma=args.mujoco_gamma, **mbmf.POLICY)
+        runs, scratch = [], []
+        for seed in range(args.seed, args.seed + args.seeds):
+            def report(it, log, seed=seed, arm="MB-MF"):
+                print(f"{task} {arm} seed {seed} it {it + 1} steps {log['env_steps'][-1]} "
+                      f"return {log['returns'][-1]:.1f} s {log['seconds'][-1]:.0f}", flush=True)
+
+            runs.append(mbmf.run(cfg, seed, args.iterations, settings, agg_settings,
+                                 max_seconds=seconds, callback=report))
+            scratch.append(train(cfg, seed, args.iterations, seconds,
+                                 callback=lambda it, log, seed=seed: report(it, log, seed,
+                                                                            "scratch")))
+        curves = {"MB-MF: MPC, DAgger, then NPG": aligned_returns([r["finetune"] for r in runs]),
+                  "NPG from scratch": aligned_returns(scratch)}
+        level = float(curves["NPG from scratch"][1][:, -1].mean())
+        reach = {}
+        for label, (steps, returns) in curves.items():
+            hit = np.flatnonzero(returns.mean(0) >= level)
+            reach[label] = int(steps[hit[0]]) if hit.size else None
+        model_steps = float(np.mean([r["model_based_steps"] for r in runs]))
+        png = os.path.join(out_dir, f"mbmf_{task}.png")
+        mbmf_curve(curves, model_steps, f"{TASKS[task]}: MB-MF against NPG from scratch, "
+                   "64-64 policy", png)
+        (mb_steps, mb_returns), (sc_steps, sc_returns) = curves.values()
+        results[task] = {
+            "config": cfg._asdict(), "mbmf_settings": settings._asdict(),
+            "seeds": list(range(args.seed, args.seed + args.seeds)),
+            "mbmf": {"env_steps": mb_steps, "returns": mb_returns},
+            "scratch": {"env_steps": sc_steps, "returns": sc_returns},
+            "model_based_steps": [r["model_based_steps"] for r in runs],
+            "scratch_final_mean": level, "steps_to_scratch_final": list(reach.values()),
+            "runs": runs, "scratch_runs": scratch, "png": png,
+        }
+        rows.append([task, f"{model_steps:.0f}", f"{mb_returns[:, 0].mean():.0f}",
+                     f"{level:.0f}", *(str(v) for v in reach.values())])
+    print(markdown_table(["task", "model-based steps", "MB-MF first NPG iteration",
+                          "scratch final mean", "MB-MF steps to it", "scratch steps to it"], rows))
+    return {"mbmf": results}

@@ -31,15 +31,17 @@ References:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxctl.envs.mbrl_tasks import FORWARD_TASKS, forward_velocity_reward
 from jaxctl.experiments import npg_mujoco
-from jaxctl.experiments.aggregation import Aggregation, step_together
+from jaxctl.experiments.aggregation import PITCH_INDEX, Aggregation, step_together
 from jaxctl.models.features import RunningStats, normalize_obs, running_stats_update
 from jaxctl.models.policies import Policy
 from jaxctl.util.checks import PyTree, check_finite_positive, check_int, check_positive_int
@@ -192,3 +194,73 @@ def distill(agg: Aggregation, cfg: npg_mujoco.MujocoSettings, key: jax.Array, *,
     return Distilled(state._replace(params=params, stats=stats),
                      np.asarray(returns, np.float64).reshape(dagger_iterations, N), labelled,
                      fit_losses, steps, observations, labels)
+
+
+class MBMFSettings(NamedTuple):
+    """The model-based phase of `run` (defaults: Nagabandi et al. 2018's MB-MF, module doc).
+
+    Attributes:
+      rounds: aggregation rounds before distilling (each: a fit, then N MPC rollouts).
+      environments: N, the environments stepped together.
+      dagger_iterations, epochs, batch_size, learning_rate: `distill`'s.
+    """
+
+    rounds: int = 3
+    environments: int = 10
+    dagger_iterations: int = 3
+    epochs: int = 300
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+
+
+# Nagabandi et al. (2018) fine-tune a 64-64 tanh Gaussian MLP policy with standard deviation 0.5.
+POLICY = {"hidden": (64, 64), "log_std_init": math.log(0.5)}
+
+
+def run(cfg: npg_mujoco.MujocoSettings, seed: int, iterations: int, settings: MBMFSettings,
+        agg_settings: Any, *, max_seconds: float = float("inf"),
+        callback: Callable | None = None) -> dict:
+    """MB-MF on `cfg.task`: aggregation rounds, `distill`, then `npg_mujoco.train` from it.
+
+    The planner's reward is the task's forward velocity minus its control cost
+    (`FORWARD_TASKS`: HalfCheetah and Swimmer). The fine-tuning log's `env_steps` count the
+    model-based phase's steps too, so it is compared with NPG from scratch step for step.
+
+    Returns:
+      A JSON-ready dict: `mpc_returns` (rounds x N), `dagger_returns`, `model_based_steps`,
+      `model_based_seconds`, and `finetune`, the NPG log.
+    """
+    import gymnasium
+
+    env_id = npg_mujoco.TASKS[cfg.task]
+    if env_id not in FORWARD_TASKS:
+        usable = sorted(k for k, v in npg_mujoco.TASKS.items() if v in FORWARD_TASKS)
+        raise ValueError(f"task must be one of {usable} for MB-MF (a forward-velocity reward "
+                         f"the planner can use), got {cfg.task!r}")
+    check_positive_int("rounds", settings.rounds)
+    check_positive_int("environments", settings.environments)
+    task = FORWARD_TASKS[env_id]
+    reward = forward_velocity_reward(task.velocity_index, task.ctrl_cost_weight)
+    envs = [gymnasium.make(env_id) for _ in range(settings.environments)]
+    start = time.perf_counter()
+    key_agg, key_distill = jax.random.split(jax.random.PRNGKey(seed))
+    agg = Aggregation(envs, agg_settings._replace(iterations=settings.rounds), reward, key_agg,
+                      seed=seed, pitch_index=PITCH_INDEX.get(env_id))
+    mpc = [agg.round(f"{cfg.task} seed {seed} round {r}").returns.tolist()
+           for r in range(settings.rounds)]
+    result = distill(agg, cfg, key_distill, dagger_iterations=settings.dagger_iterations,
+                     epochs=settings.epochs, batch_size=settings.batch_size,
+                     learning_rate=settings.learning_rate)
+    model_seconds = time.perf_counter() - start
+    for env in envs:
+        env.close()
+    def counted(log):
+        return {**log, "env_steps": [s + result.env_steps for s in log["env_steps"]],
+                "seconds": [s + model_seconds for s in log["seconds"]]}
+
+    report = None if callback is None else (lambda it, log: callback(it, counted(log)))
+    log = counted(npg_mujoco.train(cfg, seed, iterations, max_seconds, callback=report,
+                                   init_state=result.state))
+    return {"mpc_returns": mpc, "dagger_returns": result.returns.tolist(),
+            "model_based_steps": result.env_steps, "model_based_seconds": model_seconds,
+            "finetune": log}
