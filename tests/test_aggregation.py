@@ -15,7 +15,7 @@ import pytest
 from jaxctl.apps import cli
 from jaxctl.control.planning import jit_planner
 from jaxctl.envs.mbrl_tasks import (FORWARD_TASKS, GymnaxAsGymnasium,
-                                    forward_velocity_reward, pendulum_reward)
+                                    forward_velocity_reward, pendulum_reward, upright_reward)
 from jaxctl.experiments.aggregation import (PITCH_INDEX, Aggregation, environments,
                                             flipped_fraction, nagabandi_settings)
 from jaxctl.experiments.aggregation_study import t_interval
@@ -157,6 +157,20 @@ def test_aggregation_round_on_gymnax_objects():
     assert abs(total - res.returns[1]) <= 1e-4 * max(1.0, abs(total))
 
 
+def test_upright_reward_by_hand():
+    base = lambda s, a, s2: s2[0] - 0.1 * jnp.sum(a ** 2)
+    r = upright_reward(base, 1, 4.0)
+    a = jnp.array([1.0, -1.0])
+    # Within 90 degrees the reward is the base one; past it, 4 per radian beyond pi/2.
+    assert float(r(jnp.zeros(2), a, jnp.array([2.0, 1.5]))) == pytest.approx(2.0 - 0.2)
+    assert float(r(jnp.zeros(2), a, jnp.array([2.0, -3.0]))) == pytest.approx(
+        2.0 - 0.2 - 4.0 * (3.0 - np.pi / 2), rel=1e-6)
+    with pytest.raises(ValueError, match="weight"):
+        upright_reward(base, 1, np.float32(-1.0))
+    with pytest.raises(ValueError, match="pitch_index 5"):
+        upright_reward(base, 5, 1.0)(jnp.zeros(2), a, jnp.zeros(2))
+
+
 def test_flipped_fraction_and_t_interval():
     obs = np.zeros((5, 3))
     obs[:, 1] = [3.0, 0.1, -2.0, 1.0, 1.6]  # row 0 is the reset state, not counted
@@ -174,6 +188,9 @@ def test_flipped_fraction_and_t_interval():
     ["--rollouts-per-round", "2", "--iterations", "0"],
     ["--rollouts-per-round", "2", "--time-limit", "-1"],
     ["--rollouts-per-round", "2", "--epochs", "0"],
+    ["--pitch-penalty", "5"],
+    ["--rollouts-per-round", "2", "--tasks", "swimmer", "--pitch-penalty", "5"],
+    ["--rollouts-per-round", "2", "--pitch-penalty", "0"],
 ])
 def test_bad_flags_exit_2(flags, capsys, tmp_path):
     out = tmp_path / "run"

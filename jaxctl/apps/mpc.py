@@ -76,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-limit", type=real(0, low_open=True), default=None,
                         help="minutes: the aggregation study starts no round that would end "
                              "later")
+    parser.add_argument("--pitch-penalty", type=real(0, low_open=True), default=None,
+                        help="aggregation study on halfcheetah: plan with the upright variant, "
+                             "reward minus this weight per radian the torso pitches past 90 "
+                             "degrees (a deviation from Nagabandi et al. 2018; the reported "
+                             "return is the environment's)")
     parser.add_argument("--devices", type=integer(1), default=None,
                         help="split Pendulum's parallel MPC episodes over N devices (N must "
                              "divide them; fake CPU devices: "
@@ -84,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare(args: argparse.Namespace) -> None:
     """Resolves the task list (argparse has range-checked every flag)."""
-    study_flags = [f for f in ("seeds", "epochs", "time_limit") if getattr(args, f) is not None]
+    study_flags = [f for f in ("seeds", "epochs", "time_limit", "pitch_penalty")
+                   if getattr(args, f) is not None]
     if args.rollouts_per_round is None:
         if study_flags:
             raise UsageError(f"--{study_flags[0].replace('_', '-')} needs --rollouts-per-round")
@@ -98,6 +104,9 @@ def prepare(args: argparse.Namespace) -> None:
             raise UsageError("--devices applies to Pendulum, not to --rollouts-per-round")
         if args.iterations == 0:
             raise UsageError("--iterations must be >= 1 with --rollouts-per-round")
+        if args.pitch_penalty is not None and args.tasks != ["halfcheetah"]:
+            raise UsageError("--pitch-penalty applies to halfcheetah only (the task with a "
+                             "known pitch entry), got --tasks " + ",".join(args.tasks))
     if args.tasks is None:
         args.tasks = ["pendulum", "halfcheetah"] if args.quick else list(TASK_NAMES)
     if args.devices is not None:
@@ -151,7 +160,8 @@ def run_study(args: argparse.Namespace, out_dir: str, warm: bool) -> dict:
         results[name] = aggregation_study(
             name, cfg, seeds, jax.random.fold_in(jax.random.PRNGKey(args.seed), i),
             num_envs=args.rollouts_per_round, seed=args.seed, planner=args.planner,
-            warm_start=warm, time_limit=left, on_round=partial(name))
+            warm_start=warm, time_limit=left, pitch_penalty=args.pitch_penalty or 0.0,
+            on_round=partial(name))
     rows = []
     for name, res in results.items():
         for r, steps in enumerate(res["env_steps"]):

@@ -21,12 +21,15 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxctl.util import checks
 
 
 class ForwardTask(NamedTuple):
@@ -84,6 +87,44 @@ def forward_velocity_reward(velocity_index: int, ctrl_cost_weight: float = 0.0) 
         return next_state[velocity_index] - ctrl_cost_weight * jnp.sum(action ** 2)
 
     return reward
+
+
+def upright_reward(reward: Callable, pitch_index: int, weight: float,
+                   limit: float = math.pi / 2) -> Callable:
+    """`reward` minus a penalty for pitching past `limit`: `r(s, a, s') - w max(0, |s'[p]| - limit)`.
+
+    A deviation from Nagabandi et al. (2018) for a planner that exploits a
+    flip: HalfCheetah earns forward velocity on its back too, and the
+    penalty (per radian beyond `limit`, in reward units) makes the
+    upside-down gait cost more than it earns. The environment's reward is
+    unchanged; only the planner sees the penalty.
+
+    Args:
+      reward: a planner reward `reward(s, a, s') -> ()`.
+      pitch_index: `p`, the observation entry of the torso pitch (radians), static.
+      weight: `w >= 0`.
+      limit: the pitch, in radians, where the penalty starts (> 0).
+
+    Returns:
+      The penalised reward, same signature.
+
+    Example:
+      >>> r = upright_reward(lambda s, a, s2: s2[0], 1, 10.0)
+      >>> round(float(r(jnp.zeros(2), jnp.zeros(1), jnp.array([3.0, -2.0]))), 4)  # 3 - 10 (2 - pi/2)
+      -1.292
+    """
+    pitch_index = int(pitch_index)
+    checks.check_scalar("weight", weight, low=0.0, high=float("inf"), high_open=True)
+    checks.check_finite_positive("limit", limit)
+
+    def penalised(state, action, next_state):
+        if not -next_state.shape[0] <= pitch_index < next_state.shape[0]:
+            raise ValueError(f"pitch_index {pitch_index} is out of range for a state of "
+                             f"shape {next_state.shape}")
+        excess = jnp.maximum(jnp.abs(next_state[pitch_index]) - limit, 0.0)
+        return reward(state, action, next_state) - weight * excess
+
+    return penalised
 
 
 class PathProjection(NamedTuple):

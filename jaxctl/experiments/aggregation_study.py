@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxctl.envs.mbrl_tasks import FORWARD_TASKS, forward_velocity_reward
+from jaxctl.envs.mbrl_tasks import FORWARD_TASKS, forward_velocity_reward, upright_reward
 from jaxctl.experiments.aggregation import PITCH_INDEX, Aggregation
 from jaxctl.experiments.mbrl import MBRLSettings
 from jaxctl.experiments.npg_sessions import confidence_interval
@@ -34,10 +34,13 @@ def t_interval(values: Any) -> tuple[float, float]:
 def aggregation_study(env_name: str, settings: MBRLSettings, seeds: int, key: jax.Array, *,
                       num_envs: int, seed: int = 0, planner: str = "random_shooting",
                       warm_start: bool = False, time_limit: float | None = None,
+                      pitch_penalty: float = 0.0,
                       on_round: Callable[[dict], None] | None = None) -> dict:
     """Runs `settings.iterations` aggregation rounds of `num_envs` MPC rollouts for each seed.
 
     Seed s uses `fold_in(key, s)` and environment reset seeds from `seed + s`.
+    `pitch_penalty > 0` plans with `upright_reward` (the upright variant, a
+    deviation from the paper); the reported returns stay the environment's.
     Before round r the study stops if the time used plus the longest round
     so far would pass `time_limit` seconds (the result then says so).
 
@@ -52,6 +55,11 @@ def aggregation_study(env_name: str, settings: MBRLSettings, seeds: int, key: ja
 
     task = FORWARD_TASKS[env_name]
     reward = forward_velocity_reward(task.velocity_index, task.ctrl_cost_weight)
+    if pitch_penalty:
+        if env_name not in PITCH_INDEX:
+            raise ValueError(f"pitch_penalty needs a task with a known pitch entry "
+                             f"({sorted(PITCH_INDEX)}), got {env_name}")
+        reward = upright_reward(reward, PITCH_INDEX[env_name], pitch_penalty)
     t_start = time.perf_counter()
     runs: list[Aggregation] = []
     for s in range(seeds):  # every seed shares one compiled trainer and planner
