@@ -14,8 +14,9 @@ import pytest
 
 from jaxctl.apps import cli
 from jaxctl.control.planning import jit_planner
-from jaxctl.envs.mbrl_tasks import (FORWARD_TASKS, GymnaxAsGymnasium,
-                                    forward_velocity_reward, pendulum_reward, upright_reward)
+from jaxctl.envs.gymnax_gymnasium import GymnaxAsGymnasium
+from jaxctl.envs.mbrl_tasks import (FORWARD_TASKS, forward_velocity_reward, pendulum_reward,
+                                    upright_reward)
 from jaxctl.experiments.aggregation import (PITCH_INDEX, Aggregation, environments,
                                             flipped_fraction, nagabandi_settings)
 from jaxctl.experiments.aggregation_study import t_interval

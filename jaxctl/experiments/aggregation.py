@@ -55,7 +55,8 @@ import numpy as np
 
 import jaxctl.control.simulate as _sim
 from jaxctl.control.planning import jit_planner
-from jaxctl.envs.mbrl_tasks import Episode, GymnaxAsGymnasium
+from jaxctl.envs.gymnax_gymnasium import GymnaxAsGymnasium
+from jaxctl.envs.mbrl_tasks import Episode
 from jaxctl.experiments.mbrl import (Buffer, MBRLSettings, ModelState, ModelTrainer, fit,
                                      planner_budget)
 import jaxctl.models.dynamics as dyn
