@@ -63,3 +63,25 @@ def aggregation_plot(results: dict, path: str) -> str:
         ax_flip.grid(alpha=0.3)
         ax_flip.legend(fontsize=7)
     return _save(fig, None, path)
+
+
+def paths_plot(runs: list[dict], path: str) -> str:
+    """`jaxctl mpc --follow-paths`: per path, the desired polyline and the driven root positions
+    of every seed (`path_following.run` results), on equal axes in metres."""
+    plt = _pyplot()
+    names = list(runs[0]["paths"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        wp = np.asarray(runs[0]["waypoints"][name])
+        ax.plot(wp[:, 0], wp[:, 1], "k--", lw=1.5, label="desired path")
+        for i, run in enumerate(runs):
+            xy = np.asarray(run["paths"][name]["positions"])
+            d = run["paths"][name]["mean_distance"]
+            ax.plot(xy[:, 0], xy[:, 1], "-", lw=1.2,
+                    label=f"seed {run['seed']} (mean distance {d:.2f} m)")
+        ax.set(xlabel="x (m)", ylabel="y (m)", title=f"{runs[0]['env_name']}: {name}")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("One dynamics model, three paths (only the reward changes)", fontsize=11)
+    return _save(fig, None, path)

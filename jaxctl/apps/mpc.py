@@ -81,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reward minus this weight per radian the torso pitches past 90 "
                              "degrees (a deviation from Nagabandi et al. 2018; the reported "
                              "return is the environment's)")
+    parser.add_argument("--follow-paths", action="store_true",
+                        help="Fig. 4 of Nagabandi et al. 2018 on Swimmer-v5: one model, then MPC "
+                             "along a straight line, a left and a right turn, only the reward "
+                             "changing (--seeds seeds; --num-samples, --horizon apply)")
     parser.add_argument("--devices", type=integer(1), default=None,
                         help="split Pendulum's parallel MPC episodes over N devices (N must "
                              "divide them; fake CPU devices: "
@@ -91,6 +95,13 @@ def prepare(args: argparse.Namespace) -> None:
     """Resolves the task list (argparse has range-checked every flag)."""
     study_flags = [f for f in ("seeds", "epochs", "time_limit", "pitch_penalty")
                    if getattr(args, f) is not None]
+    if args.follow_paths:
+        if args.rollouts_per_round is not None or args.tasks or args.devices is not None:
+            raise UsageError("--follow-paths runs on its own (Swimmer-v5): drop "
+                             "--rollouts-per-round, --tasks and --devices")
+        if [f for f in study_flags if f != "seeds"]:
+            raise UsageError("--follow-paths takes --seeds, --num-samples and --horizon only")
+        return
     if args.rollouts_per_round is None:
         if study_flags:
             raise UsageError(f"--{study_flags[0].replace('_', '-')} needs --rollouts-per-round")
@@ -178,11 +189,40 @@ def run_study(args: argparse.Namespace, out_dir: str, warm: bool) -> dict:
             "total_seconds": time.perf_counter() - start, "plot": "aggregation.png"}
 
 
+def run_paths(args: argparse.Namespace, out_dir: str) -> dict:
+    """Fig. 4 (`path_following.run`) for each seed; the table of distances and the PNG."""
+    from jaxctl.experiments import path_following
+    from jaxctl.experiments.aggregation_study import t_interval
+
+    cfg = path_following.PathSettings()
+    if args.quick:
+        cfg = cfg._replace(model=MBRLSettings(hidden=(32,), epochs=2, retrain_epochs=2),
+                           random_episodes=2, random_steps=50, episode_steps=20, num_samples=32,
+                           horizon=4)
+    cfg = cfg._replace(**{k: getattr(args, k) for k in ("num_samples", "horizon")
+                          if getattr(args, k) is not None})
+    seeds = range(args.seed, args.seed + (args.seeds or 1))
+    runs = [path_following.run(cfg, seed) for seed in seeds]
+    rows = []
+    for name in runs[0]["paths"]:
+        d = t_interval([r["paths"][name]["mean_distance"] for r in runs])
+        p = t_interval([r["paths"][name]["progress"] for r in runs])
+        rows.append([name, f"{d[0]:.3f} ± {d[1]:.3f}", f"{p[0]:.2f} ± {p[1]:.2f}"])
+    table = _common.markdown_table(["path", "mean distance to the path (m, 95% t)",
+                                    "progress along it (m)"], rows)
+    print("\n" + table)
+    png = mbrl_plots.paths_plot(runs, os.path.join(out_dir, "paths.png"))
+    print(f"plot: {png}")
+    return {"paths": runs, "settings": cfg._asdict(), "table": table, "plot": "paths.png"}
+
+
 def run(args: argparse.Namespace, out_dir: str) -> dict:
     """Runs the experiments of `jaxctl mpc`; returns the figures for results.json."""
     warm = {"on": True, "off": False}.get(args.warm_start, args.planner != "random_shooting")
     if args.rollouts_per_round is not None:
         return run_study(args, out_dir, warm)
+    if args.follow_paths:
+        return run_paths(args, out_dir)
     key = jax.random.PRNGKey(args.seed)
     results: dict[str, Any] = {}
     settings: dict[str, Any] = {}
