@@ -14,8 +14,12 @@ their recipe (10 random rollouts, then `--iterations` rounds of N MPC
 rollouts from N environments planned in one call per step, `--epochs`
 after every round) for `--seeds` seeds, writing `aggregation.png`;
 `--time-limit` minutes stops starting new rounds (every seed keeps the
-same number of rounds). The reproduction:
+same number of rounds); `--pitch-penalty W` plans with the upright variant.
+The reproduction:
 `jaxctl mpc --tasks halfcheetah --rollouts-per-round 10 --iterations 9 --seeds 3`.
+
+`--follow-paths` runs Fig. 4 of the paper instead (one Swimmer-v5 model,
+three paths, `jaxctl.experiments.path_following`), writing `paths.png`.
 """
 
 from __future__ import annotations
