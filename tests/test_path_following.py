@@ -41,12 +41,18 @@ def test_add_relative_and_translation_equivariance():
     np.testing.assert_allclose(f(s, a), raw.at[:2].add(s[:2]), atol=1e-6)
 
 
-def test_path_reward_equals_waypoint_reward():
-    cfg = PathSettings(progress_weight=25.0, distance_weight=0.5)
-    wp = paths(3.0)["left"]
+def test_path_reward_is_waypoint_reward_minus_the_heading_error():
+    cfg = PathSettings(progress_weight=25.0, distance_weight=0.5, heading_weight=2.0)
+    wp = paths(3.0)["left"]  # (0, 0) -> (1.5, 0) -> (1.5, 1.5)
     closure = waypoint_reward(jnp.asarray(wp), progress_weight=25.0, distance_weight=0.5)
-    s, s2, a = jnp.array([1.0, 0.2, 0.0]), jnp.array([1.4, 0.5, 0.0]), jnp.zeros(2)
-    np.testing.assert_allclose(path_reward(wp, cfg)(s, a, s2), closure(s, a, s2), rtol=1e-6)
+    a = jnp.zeros(2)
+    # Nearest to the first segment (direction 0) with yaw 0.3; then to the second (pi / 2)
+    # with yaw -3 (wrapped: |-3 - pi/2| = 4.57 -> 2 pi - 4.57).
+    for s, s2, off in [(jnp.array([1.0, 0.2, 0.0]), jnp.array([1.2, 0.1, 0.3]), 0.3),
+                       (jnp.array([1.4, 0.5, 0.0]), jnp.array([1.6, 0.9, -3.0]),
+                        2 * np.pi - (3.0 + np.pi / 2))]:
+        np.testing.assert_allclose(path_reward(wp, cfg)(s, a, s2),
+                                   closure(s, a, s2) - 2.0 * off, rtol=1e-5)
     assert {k: v.shape for k, v in paths(2.0).items()} == {k: (3, 2) for k in paths(2.0)}
     with pytest.raises(ValueError, match="length"):
         paths(np.float32(0.0))
