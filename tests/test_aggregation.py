@@ -189,9 +189,6 @@ def test_flipped_fraction_and_t_interval():
     ["--rollouts-per-round", "2", "--iterations", "0"],
     ["--rollouts-per-round", "2", "--time-limit", "-1"],
     ["--rollouts-per-round", "2", "--epochs", "0"],
-    ["--pitch-penalty", "5"],
-    ["--rollouts-per-round", "2", "--tasks", "swimmer", "--pitch-penalty", "5"],
-    ["--rollouts-per-round", "2", "--pitch-penalty", "0"],
 ])
 def test_bad_flags_exit_2(flags, capsys, tmp_path):
     out = tmp_path / "run"

@@ -1,8 +1,8 @@
 """One model, many paths (`jaxctl.experiments.path_following`, `jaxctl mpc --follow-paths`).
 
 Oracles: translation equivariance of the translation-free model, the
-closure form of `waypoint_reward`, point-to-segment distances in numpy, and
-the CLI's exit code 2.
+closure form of `waypoint_reward`, and point-to-segment distances in numpy
+(rejected flags are rows of tests/test_cli_flags.py).
 """
 
 import json
@@ -79,14 +79,3 @@ def test_follow_paths_command(tmp_path):
         mean = np.mean([_distance(wp, q) for q in xy])
         assert abs(mean - p["mean_distance"]) < 1e-5
     assert (out / "paths.png").stat().st_size > 0
-
-
-@pytest.mark.parametrize("flags", [["--follow-paths", "--rollouts-per-round", "2"],
-                                   ["--follow-paths", "--epochs", "3"],
-                                   ["--follow-paths", "--tasks", "swimmer"]])
-def test_follow_paths_bad_flags_exit_2(flags, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["mpc", "--out", str(tmp_path / "run"), *flags])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
