@@ -185,8 +185,9 @@ def distill(agg: Aggregation, cfg: npg_mujoco.MujocoSettings, key: jax.Array, *,
 
         seeds = [agg.seed * 100_000 + 50_000 + 1000 * it + i for i in range(N)]
         episodes, _ = step_together(agg.envs, act, T, seeds)
+        stacked = np.stack(step_labels)  # (steps taken, N, m)
         new_obs = [ep.observations[:len(ep.actions)] for ep in episodes]
-        new_labels = [np.stack(step_labels)[:len(ep.actions), i] for i, ep in enumerate(episodes)]
+        new_labels = [stacked[:len(ep.actions), i] for i, ep in enumerate(episodes)]
         observations = np.concatenate([observations, *new_obs])
         labels = np.concatenate([labels, *new_labels])
         returns.append([float(np.sum(ep.rewards)) for ep in episodes])
