@@ -276,21 +276,9 @@ class Aggregation:
                                f"{desc}: fit {r} on {trained_on} transitions")
         train_seconds = time.perf_counter() - t0
 
-        N, H, m = len(self.envs), cfg.horizon, self.low.shape[0]
-        model, key = self.state.model, jax.random.fold_in(self.key_plan, r)
-        prev = [jnp.zeros((N, H, m), jnp.float32)]
-        plan_times = []
-
-        def policy(t, obs):
-            t1 = time.perf_counter()
-            actions, prev[0] = self.act(model, jnp.asarray(obs), jax.random.fold_in(key, t),
-                                        prev[0])
-            actions = np.asarray(actions)
-            plan_times.append(time.perf_counter() - t1)
-            return actions
-
+        policy, plan_times = self.mpc_policy(jax.random.fold_in(self.key_plan, r))
         t0 = time.perf_counter()
-        seeds = [self.seed * 100_000 + 1000 * (r + 1) + i for i in range(N)]
+        seeds = [self.seed * 100_000 + 1000 * (r + 1) + i for i in range(len(self.envs))]
         episodes, env_seconds = step_together(self.envs, policy, cfg.episode_steps, seeds)
         rollout_seconds = time.perf_counter() - t0
         for ep in episodes:
@@ -302,6 +290,25 @@ class Aggregation:
             sum(len(ep.actions) for ep in episodes),
             float(np.median(plan_times[1:] or plan_times)), env_seconds, rollout_seconds,
             train_seconds, loss)
+
+    def mpc_policy(self, key: jax.Array) -> tuple[Callable[[int, np.ndarray], np.ndarray], list]:
+        """The MPC controller of the current model as a `step_together` policy.
+
+        Step t plans the N observations in one batched call with key `fold_in(key, t)`
+        (from the shifted previous plan when warm-started). Returns the policy and the
+        list it appends each call's wall time to."""
+        N, H, m = len(self.envs), self.settings.horizon, self.low.shape[0]
+        model, prev, seconds = self.state.model, [jnp.zeros((N, H, m), jnp.float32)], []
+
+        def policy(t, obs):
+            t0 = time.perf_counter()
+            actions, prev[0] = self.act(model, jnp.asarray(obs), jax.random.fold_in(key, t),
+                                        prev[0])
+            actions = np.asarray(actions)
+            seconds.append(time.perf_counter() - t0)
+            return actions
+
+        return policy, seconds
 
     def planner_seconds(self, num_states: int, repeats: int = 5) -> float:
         """Best wall time of one batched planner call on `num_states` copies of a buffer state

@@ -165,7 +165,7 @@ def distill(agg: Aggregation, cfg: npg_mujoco.MujocoSettings, key: jax.Array, *,
     stats = running_stats_update(state.stats, jnp.asarray(observations))
     params, fit_losses, labelled, returns, steps = state.params, [], [], [], agg.buffer.count
     mode = jax.jit(jax.vmap(policy.mode, (None, 0)))
-    N, T, H = len(agg.envs), agg.settings.episode_steps, agg.settings.horizon
+    N, T = len(agg.envs), agg.settings.episode_steps
     for it in range(dagger_iterations + 1):
         params, losses = behavior_clone(policy, params, stats, observations, labels,
                                         jax.random.fold_in(k_fit, it), epochs=epochs,
@@ -174,12 +174,10 @@ def distill(agg: Aggregation, cfg: npg_mujoco.MujocoSettings, key: jax.Array, *,
         labelled.append(len(observations))
         if it == dagger_iterations:
             break
-        key_it, prev, step_labels = jax.random.fold_in(k_plan, it), [jnp.zeros((N, H, m))], []
+        mpc, step_labels = agg.mpc_policy(jax.random.fold_in(k_plan, it))[0], []
 
         def act(t, obs):
-            mpc, prev[0] = agg.act(agg.state.model, jnp.asarray(obs),
-                                   jax.random.fold_in(key_it, t), prev[0])
-            step_labels.append(np.asarray(mpc))
+            step_labels.append(mpc(t, obs))
             z = normalize_obs(stats, jnp.asarray(obs))
             return np.clip(np.asarray(mode(params, z)), agg.low, agg.high)
 
