@@ -68,7 +68,10 @@ def test_works_inside_jit_and_vmap(problem):
     batched = jax.jit(jax.vmap(lambda x, a: ravel_per_sample(per_sample_grads(log_prob, params, x, a))[0]))
     G2 = batched(jnp.stack([xs, 2 * xs]), jnp.stack([actions, actions]))
     G_second = ravel_per_sample(per_sample_grads(log_prob, params, 2 * xs, actions))[0]
-    np.testing.assert_allclose(G2[1], G_second, rtol=100 * EPS32, atol=10 * EPS32)
+    # Rounding scales with the matrix: an entry that cancels to 0 one way may be a few ulps
+    # of max |G| the other way (compiled at another XLA level or fused differently).
+    scale = float(jnp.abs(G_second).max())
+    np.testing.assert_allclose(G2[1], G_second, rtol=100 * EPS32, atol=100 * EPS32 * scale)
 
 
 def test_bad_inputs_name_the_argument(problem):

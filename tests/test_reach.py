@@ -213,7 +213,9 @@ def test_resume_fixed_inputs_mid_window(tmp_path):
     train.save_reach_checkpoint(path, part, s)
     resumed = tr.run(train.load_reach_checkpoint(path, s, tr.initial_state()), 4, eval_every=0)
     _same_tree(resumed.params, full.params)
-    assert full.history["new_loss"][-1] < full.history["loss"][0]
+    # Every step lowers the loss on its own batch (the batches differ: the noise is redrawn).
+    loss, new_loss = np.asarray(full.history["loss"]), np.asarray(full.history["new_loss"])
+    assert np.all(new_loss <= loss) and np.any(new_loss < loss), (loss, new_loss)
 
 
 def test_missing_and_corrupt_checkpoints(trainer, trained, tmp_path):
