@@ -232,7 +232,9 @@ def test_singular_system_past_its_range_keeps_the_best_iterate():
     """Float32 CG on a consistent singular PSD system, asked for more steps and a tighter
     tolerance than float32 allows: once the range of A is exhausted, rounding noise in the
     null space grows without bound (at jax 0.8 the last iterate reached norm 1e9). The solve
-    must stop, report it, and return the minimum-norm solution (numpy's pinv, float64)."""
+    must stop, report it, and return the minimum-norm solution (numpy's pinv, float64).
+    Whether the residual first meets the tolerance or the breakdown test fires depends on
+    rounding (jax 0.8 at XLA level 0 converges), so either report is accepted."""
     T, P = 30, 50
     rng = np.random.default_rng(T)
     G = jnp.asarray(rng.standard_normal((T, P)), jnp.float32)
@@ -241,5 +243,5 @@ def test_singular_system_past_its_range_keeps_the_best_iterate():
     G64 = np.asarray(G, np.float64)
     expected = np.linalg.pinv(G64.T @ G64 / T) @ np.asarray(b, np.float64)
     eps = float(jnp.finfo(jnp.float32).eps)
-    assert bool(res.breakdown) and int(res.num_steps) < 300
+    assert (bool(res.breakdown) or bool(res.converged)) and int(res.num_steps) < 300
     np.testing.assert_allclose(res.x, expected, atol=1e4 * eps * np.abs(expected).max())
