@@ -21,6 +21,10 @@ __version__ = "0.1.0"
 
 from jaxctl import control, core, envs, models, optim, spiking, util  # noqa: F401  (the layers)
 
+import jaxlib as _jaxlib
+
+util.versions.warn_if_broken(_jaxlib.__version__)
+
 from jaxctl.core.cg import CGResult, cg
 from jaxctl.core.martens_cg import MartensCGResult, martens_cg
 from jaxctl.core.fisher import (

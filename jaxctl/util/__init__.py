@@ -1,2 +1,2 @@
 """Layer 0: argument checks, pytree predicates and checkpoints (import nothing of jaxctl)."""
-from jaxctl.util import checkpoint, checks  # noqa: F401
+from jaxctl.util import checkpoint, checks, versions  # noqa: F401
