@@ -312,3 +312,19 @@ def test_empty_inputs_raise_naming_the_argument(problem):
         opt.update(problem["grads"], state, scores=empty)  # an IndexError before
     with pytest.raises(ValueError, match="scores must hold at least one sample"):
         opt.update(jnp.ones(2), state, scores=jnp.zeros((0, 2)))
+
+
+def test_a_wrong_but_finite_cg_solve_cannot_take_a_long_step():
+    # A non-symmetric "Fisher" stands in for a miscomputed product (as jaxlib 0.10.2 gave):
+    # CG's x then has x^T M x far above g^T x, and normalizing by g^T x alone would step far
+    # past the trust region. The guard normalizes by the larger of the two.
+    A = jnp.array([[1.0, 30.0], [-30.0, 1.0]])
+    grads = jnp.array([-1.0, -0.5])  # descent convention: the ascent direction is -grads
+    opt = npg(DELTA, fisher="cg", cg_maxiter=2)
+    updates, state = jax.jit(lambda g: opt.update(g, opt.init(g), fvp=lambda v: A @ v))(grads)
+    step = -np.asarray(updates, np.float64)
+    An = np.asarray(A, np.float64)
+    assert 0 < step @ An @ step <= DELTA * (1 + 1e-5)
+    x = step / float(state.step_size)  # the CG solution of M x = grads
+    unguarded = np.sqrt(DELTA / (np.asarray(grads, np.float64) @ x)) * x
+    assert unguarded @ An @ unguarded > 1.5 * DELTA  # what the guard prevents here

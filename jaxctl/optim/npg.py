@@ -76,11 +76,20 @@ def normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple
     return _normalized_step(g, nat_g, delta)
 
 
-def _normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array) -> tuple[PyTree, jax.Array]:
-    """`normalized_step` without the host-side checks (for scheduled `delta`)."""
+def _normalized_step(g: PyTree, nat_g: PyTree, delta: float | jax.Array,
+                     quad: jax.Array | None = None) -> tuple[PyTree, jax.Array]:
+    """`normalized_step` without the host-side checks (for scheduled `delta`).
+
+    `quad = x^T M x` of an iterative solve `x ~ M^-1 g` normalizes by
+    `max(g^T x, x^T M x)`: the two agree for conjugate-gradient iterates from
+    zero (`r_k^T x_k = 0`), and where rounding breaks that the larger keeps
+    `step^T M step <= delta`, so a wrong but finite solve cannot take a long
+    step."""
     g = tree_as_float("g", g)
     nat_g = tree_as_float("nat_g", nat_g)
     gFg = optax.tree.vdot(g, nat_g)
+    if quad is not None:
+        gFg = jnp.maximum(gFg, quad.astype(gFg.dtype))
     delta = jnp.asarray(delta, gFg.dtype)
     ok = jnp.isfinite(gFg) & (gFg > 0) & jnp.isfinite(delta) & (delta > 0) & tree_all_finite(nat_g)
     step_size = jnp.where(ok, jnp.sqrt(jnp.where(ok, delta / jnp.where(ok, gFg, 1.0), 0.0)), 0.0)
@@ -177,6 +186,9 @@ def npg(
       `v -> F v + damping v`, with either the scores (`G^T (G v) / T`) or a
       matrix-free operator `fvp` (e.g. `jaxctl.fisher_operator`, which never
       forms the scores). Early stopping regularises; only absolute damping.
+      The step is normalized by `max(g^T x, x^T M x)` for the CG solution
+      `x` (one more product): equal for exact CG iterates, and a wrong but
+      finite solve still gives `step^T M step <= delta`.
 
     Args:
       delta: trust-region size `step^T M step` (> 0). DeWolf (2018) used
@@ -260,6 +272,7 @@ def npg(
             raise ValueError("updates must hold at least one parameter (P >= 1)")
         # Typed after the state (dtype, shard_map's varying axes), not a constant.
         solver_steps = jnp.zeros_like(state.solver_steps)
+        quad = None  # x^T M x of an iterative solve (see _normalized_step)
         if fvp is not None:
             if fisher != "cg":
                 raise ValueError("fvp (a matrix-free Fisher operator) needs fisher='cg'; "
@@ -270,6 +283,7 @@ def npg(
             res = cg(matvec, updates, maxiter=cg_maxiter, tol=cg_tol)
             nat, _ = ravel_pytree(res.x)
             nat = jnp.where(tree_all_finite(nat), nat, 0.0)
+            quad = optax.tree.vdot(unravel(nat), matvec(unravel(nat)))
             solver_steps = res.num_steps
         elif scores is not None:
             G = _flat_scores(scores, updates, P)
@@ -286,6 +300,7 @@ def npg(
                          maxiter=cg_maxiter, tol=cg_tol)
                 finite = tree_all_finite((G, res.x))
                 nat = jnp.where(finite, res.x, 0.0)
+                quad = jnp.vdot(nat, fisher_vector_product(G, nat, damping))
                 solver_steps = res.num_steps
         else:
             raise ValueError("npg.update needs the per-sample scores (scores=...) "
@@ -293,7 +308,7 @@ def npg(
         if fisher == "cg":  # a traced rel_damping that CG cannot honour rejects the step
             nat = jnp.where(jnp.asarray(rel_damping) == 0, nat, 0.0)
         delta_t = delta(state.count) if callable(delta) else delta
-        step, step_size = _normalized_step(u, nat.astype(u.dtype), delta_t)
+        step, step_size = _normalized_step(u, nat.astype(u.dtype), delta_t, quad)
         new_updates = unravel(-step)
         new_state = NPGState(count=state.count + jnp.ones((), jnp.int32),
                              step_size=step_size.astype(jnp.float32),
