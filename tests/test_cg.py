@@ -196,16 +196,17 @@ def test_inside_shard_map_with_checked_varying_axes(name):
     chex.assert_trees_all_close(out[0], expected, rtol=1e-5)
 
 
-# jax 0.8's sharding-in-types rejects a `select` whose predicate is sharded
-# along the vmapped batch while its cases are not (ShardingTypeError inside
-# the while loop); jax 0.10 propagates the batch sharding. Explicit meshes are
-# supported from jax 0.10 on.
-@pytest.mark.skipif(tuple(int(v) for v in jax.__version__.split(".")[:2]) < (0, 10),
-                    reason="explicit-axes meshes under vmap need jax >= 0.10")
+# Before jax 0.10.2, sharding-in-types rejects a `select` whose predicate is
+# sharded along the vmapped batch while its cases are not (ShardingTypeError in
+# `jnp.frexp` and in the loop's `where`s; seen on 0.8.0 and 0.10.1). 0.10.2
+# propagates the batch sharding but is excluded for its CPU miscompile, so in
+# the supported range this needs a release after it.
+@pytest.mark.skipif(tuple(int(v) for v in jax.__version__.split(".")[:3]) <= (0, 10, 2),
+                    reason="vmap over a batch-sharded explicit mesh needs jax > 0.10.2")
 @pytest.mark.parametrize("name", ["cg", "martens_cg"])
 def test_vmapped_over_a_batch_sharded_on_an_explicit_mesh(name):
     """Carries follow the inputs' sharding type too (explicit mesh axes). Not with
-    `refresh_every`: jax 0.10.2's batching of `lax.cond` inside the loop fails there."""
+    `refresh_every`: jax 0.10.2's batching of `lax.cond` inside the loop failed there."""
     from jax.sharding import AxisType, PartitionSpec as P
     solve = _solvers()[name]
     mesh = jax.make_mesh((1,), ("d",), axis_types=(AxisType.Explicit,))

@@ -12,7 +12,11 @@ propagates the placement of the inputs through code written for one device
 (a batch mean becomes a local sum plus an all-reduce). Meshes of type
 `Explicit` (the default of `jax.make_mesh` from jax 0.9 on) work with every
 helper here too; pieces that need an exact communication pattern use
-`jax.shard_map`, which behaves the same on both.
+`jax.shard_map`, which behaves the same on both. One exception within the
+supported jax releases: `jax.vmap` of the CG solvers over a batch sharded on
+an `Explicit` mesh, which jax's batching of `select` rejects before 0.10.2
+(the release that fixed it is excluded for a CPU miscompile); use an `Auto`
+mesh or `shard_map` there.
 
 References:
   JAX documentation, "Distributed arrays and automatic parallelization" and
