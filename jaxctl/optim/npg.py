@@ -283,7 +283,8 @@ def npg(
             res = cg(matvec, updates, maxiter=cg_maxiter, tol=cg_tol)
             nat, _ = ravel_pytree(res.x)
             nat = jnp.where(tree_all_finite(nat), nat, 0.0)
-            quad = optax.tree.vdot(unravel(nat), matvec(unravel(nat)))
+            x = unravel(nat)
+            quad = optax.tree.vdot(x, matvec(x))
             solver_steps = res.num_steps
         elif scores is not None:
             G = _flat_scores(scores, updates, P)

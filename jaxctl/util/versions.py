@@ -2,12 +2,12 @@
 
 jaxlib 0.10.2 on CPU: a compiled program can return garbage, varying from
 one process to the next with bit-identical compiled code (jax-ml/jax#39103;
-0.10.1 and 0.11 are not affected). Here it hit `jaxctl.cg` over a
-matrix-free Fisher-vector product: in about one process in three the
-10-step solve of the MuJoCo NPG update returned 0 or a vector of norm 1e15
-instead of 0.059, and HalfCheetah's linear policy diverged to |W| ~ 1e7.
-pyproject excludes the release; this module warns where it is installed
-anyway.
+0.8.0, 0.9.2, 0.10.0 and 0.10.1 gave the right result here every time). Here
+it hit `jaxctl.cg` over a matrix-free Fisher-vector product: in about one
+process in three the 10-step solve of the MuJoCo NPG update returned 0 or a
+vector of norm 1e15 instead of 0.059, and HalfCheetah's linear policy
+diverged to |W| ~ 1e7. pyproject excludes the release; this module warns
+where it is installed anyway.
 """
 
 from __future__ import annotations
@@ -28,4 +28,5 @@ def warn_if_broken(jaxlib_version: str) -> None:
     defect = known_defect(jaxlib_version)
     if defect is not None:
         warnings.warn(f"jaxlib {jaxlib_version} is excluded by jaxctl ({defect}); install "
-                      f"'jax!=0.10.2' 'jaxlib!=0.10.2'", RuntimeWarning, stacklevel=3)
+                      f"'jax!={jaxlib_version}' 'jaxlib!={jaxlib_version}'", RuntimeWarning,
+                      stacklevel=3)
